@@ -1,0 +1,171 @@
+"""Memento configuration: the reference overlay's options, validated strictly.
+
+`MementoConfig` is what users write (server-wide JSON or per request in
+`sampling_params.custom_params["memento"]`); `MementoSpec` is the same thing with
+every delimiter resolved to a token id against a concrete vocabulary. Nothing here
+imports SGLang, so it is usable from any process and from tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: Key under which a request carries its overrides in `sampling_params.custom_params`.
+CUSTOM_PARAMS_KEY = "memento"
+
+
+class MementoConfigError(ValueError):
+    """A Memento configuration (server-wide or per request) is invalid."""
+
+
+TokenRef = str | int
+
+
+class MementoConfig(BaseModel):
+    """Options of a Memento run, with the reference (vLLM overlay) semantics.
+
+    `keep_last_n_blocks`: -1 never evicts, 0 evicts each block when its memento
+    closes, N > 0 keeps the N most recent summarised blocks visible.
+    `mask_delimiters`: True evicts `<|block_start|> ... <|block_end|>` inclusive
+    (Phi-style), False only the content between them (Qwen3-style); required when
+    enabled because the right choice depends on how the model was trained.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    enable: bool = False
+    keep_last_n_blocks: int = Field(default=0, ge=-1)
+    mask_delimiters: bool | None = None
+    compact_on_summary_end: bool = True
+    require_assistant_section: bool = True
+    keep_last_block_for_answer: bool = False
+    max_block_tokens: int = Field(default=0, ge=0)
+    debug: bool = False
+
+    block_start_token: TokenRef = "<|block_start|>"
+    block_end_token: TokenRef = "<|block_end|>"
+    summary_start_token: TokenRef = "<|summary_start|>"
+    summary_end_token: TokenRef = "<|summary_end|>"
+    think_end_token: TokenRef = "</think>"
+    im_start_token: TokenRef = "<|im_start|>"
+    assistant_token: TokenRef = "assistant"
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> MementoConfig:
+        if self.enable and self.mask_delimiters is None:
+            raise ValueError(
+                "mask_delimiters is required when Memento is enabled: true evicts the "
+                "delimiters with the block (Phi-style), false keeps them (Qwen3-style)"
+            )
+        if self.keep_last_block_for_answer and self.keep_last_n_blocks != 0:
+            raise ValueError("keep_last_block_for_answer only applies with keep_last_n_blocks=0")
+        return self
+
+    # ------------------------------------------------------------------ parsing
+
+    @classmethod
+    def parse(cls, raw: str | Mapping[str, Any] | MementoConfig | None) -> MementoConfig:
+        """Parse a JSON string or mapping; raise `MementoConfigError` naming what is wrong."""
+        if raw is None:
+            return cls()
+        if isinstance(raw, MementoConfig):
+            return raw
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise MementoConfigError(f"Memento config is not valid JSON: {exc}") from exc
+        if not isinstance(raw, Mapping):
+            raise MementoConfigError(
+                f"Memento config must be a JSON object, got {type(raw).__name__}"
+            )
+        try:
+            return cls.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise MementoConfigError(_describe(exc)) from None
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> MementoConfig:
+        """This config with a request's overrides applied (validated as a whole)."""
+        if not overrides:
+            return self
+        if not isinstance(overrides, Mapping):
+            raise MementoConfigError(
+                f"custom_params[{CUSTOM_PARAMS_KEY!r}] must be an object, "
+                f"got {type(overrides).__name__}"
+            )
+        return MementoConfig.parse({**self.model_dump(exclude_unset=True), **overrides})
+
+    # --------------------------------------------------------------- resolving
+
+    def resolve(self, vocab: Mapping[str, int], vocab_size: int) -> MementoSpec:
+        """Resolve token strings/ids against a vocabulary; missing tokens are errors."""
+
+        def tid(field: str) -> int:
+            ref = getattr(self, field)
+            if isinstance(ref, int):
+                if not 0 <= ref < vocab_size:
+                    raise MementoConfigError(
+                        f"{field}={ref} is outside the vocabulary (size {vocab_size})"
+                    )
+                return ref
+            if ref not in vocab:
+                raise MementoConfigError(
+                    f"{field}={ref!r} is not a single token of this tokenizer's vocabulary"
+                )
+            return vocab[ref]
+
+        ids = MementoTokenIds(
+            block_start=tid("block_start_token"),
+            block_end=tid("block_end_token"),
+            summary_start=tid("summary_start_token"),
+            summary_end=tid("summary_end_token"),
+            think_end=tid("think_end_token"),
+            im_start=tid("im_start_token") if self.require_assistant_section else None,
+            assistant=tid("assistant_token") if self.require_assistant_section else None,
+        )
+        delimiters = [ids.block_start, ids.block_end, ids.summary_start, ids.summary_end]
+        if len(set(delimiters)) != 4 or ids.think_end in delimiters:
+            raise MementoConfigError(f"Memento delimiter tokens must be distinct ids: {ids}")
+        return MementoSpec(config=self, ids=ids)
+
+
+@dataclass(frozen=True, slots=True)
+class MementoTokenIds:
+    """Token ids the block tracker reacts to."""
+
+    block_start: int
+    block_end: int
+    summary_start: int
+    summary_end: int
+    think_end: int
+    im_start: int | None = None
+    assistant: int | None = None
+
+    @property
+    def delimiters(self) -> tuple[int, int, int, int]:
+        return (self.block_start, self.block_end, self.summary_start, self.summary_end)
+
+
+@dataclass(frozen=True, slots=True)
+class MementoSpec:
+    """A validated config with resolved ids: everything a request's tracker needs."""
+
+    config: MementoConfig
+    ids: MementoTokenIds
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enable
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid Memento config: " + "; ".join(parts)

@@ -1,0 +1,40 @@
+"""`python -m memento_sglang.launch_server`: SGLang's launcher with CPU defaults.
+
+Same arguments as `python -m sglang.launch_server` (plus `--memento-config`, which
+the plugin adds to every SGLang command line). Without a GPU it applies the CPU
+defaults of `memento_sglang.cpu` first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from memento_sglang.cpu import apply_cpu_environment, gpu_available, with_cpu_defaults
+
+
+def server_argv(argv: Sequence[str]) -> list[str]:
+    """The argument list SGLang will see on this machine."""
+    return list(argv) if gpu_available() else with_cpu_defaults(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not gpu_available():
+        apply_cpu_environment()
+    from sglang.launch_server import run_server
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import prepare_server_args
+    from sglang.srt.utils import kill_process_tree
+
+    load_plugins()
+    server_args = prepare_server_args(server_argv(argv))
+    try:
+        run_server(server_args)
+    finally:
+        kill_process_tree(os.getpid(), include_parent=False)
+
+
+if __name__ == "__main__":
+    main()

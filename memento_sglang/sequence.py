@@ -1,0 +1,176 @@
+"""Per-request Memento state: tracker, logical/physical map, KV statistics.
+
+`MementoSequence` is the one object per request that knows which logical spans are
+due to leave the KV row, which already left it, and what that did to the live KV.
+It is pure (no SGLang, no torch); the SGLang hooks only ask it what to compact and
+tell it what they compacted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from memento_sglang.config import MementoSpec
+from memento_sglang.tracker import BlockTracker, Eviction
+
+
+class MementoStats(BaseModel):
+    """What `meta_info["memento"]` reports for a request.
+
+    KV counts are "keys seen by a forward pass": `live_kv_tokens` by the last one,
+    `peak_live_kv_tokens` the maximum over the request (prefill included), and
+    `peak_kv_tokens_without_eviction` what the last pass would have seen with
+    nothing evicted (prompt + output - 1).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    blocks_closed: int
+    blocks_evicted: int
+    tokens_evicted: int
+    live_kv_tokens: int
+    peak_live_kv_tokens: int
+    peak_kv_tokens_without_eviction: int
+    anomalies: int
+
+
+class EvictionMap:
+    """Logical <-> physical index map of a request's KV row.
+
+    Spans leave in increasing order (blocks close in order), so every applied span
+    precedes every live token appended later: `physical = logical - evicted_before`.
+    """
+
+    def __init__(self) -> None:
+        self._spans: list[tuple[int, int]] = []  # applied logical [start, end), sorted
+        self.evicted_tokens = 0
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self._spans)
+
+    def evicted_before(self, logical: int) -> int:
+        total = 0
+        for start, end in self._spans:
+            if start >= logical:
+                break
+            total += min(end, logical) - start
+        return total
+
+    def to_physical(self, logical: int) -> int:
+        return logical - self.evicted_before(logical)
+
+    def add(self, start: int, end: int) -> tuple[int, int]:
+        """Record `[start, end)` as evicted; return its physical range before removal."""
+        if self._spans and start < self._spans[-1][1]:
+            raise ValueError(f"span [{start}, {end}) overlaps or precedes {self._spans[-1]}")
+        physical = (self.to_physical(start), self.to_physical(start) + end - start)
+        self._spans.append((start, end))
+        self.evicted_tokens += end - start
+        return physical
+
+    def clear(self) -> None:
+        self._spans.clear()
+        self.evicted_tokens = 0
+
+
+class MementoSequence:
+    """Tracker + eviction bookkeeping + statistics of one request."""
+
+    def __init__(
+        self,
+        spec: MementoSpec,
+        prompt_ids: Sequence[int],
+        *,
+        evict_prompt_blocks: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.prompt_len = len(prompt_ids)
+        self.tracker = BlockTracker(spec)
+        self.map = EvictionMap()
+        self._decided: list[Eviction] = []  # enacted decisions, in trigger order
+        self._due: deque[Eviction] = deque()  # decided, not applied to the row yet
+        self._seen_by_stats = 0  # decisions counted into the last query's view
+        self._hidden_tokens = 0
+        self._live = 0
+        self._peak = 0
+        for ev in self.tracker.feed_many(list(prompt_ids)):
+            # Closed blocks inside the prompt were prefilled without a Memento mask;
+            # evicting them afterwards would not be exact, so they stay visible.
+            if evict_prompt_blocks:
+                self._decide(ev)
+        self._observe_query(self.prompt_len - 1)
+
+    # ----------------------------------------------------------------- feeding
+
+    def on_output_tokens(self, token_ids: Iterable[int]) -> None:
+        """Feed newly generated tokens (in order) as SGLang appends them."""
+        for tid in token_ids:
+            position = self.tracker.position
+            for ev in self.tracker.feed(tid):
+                self._decide(ev)
+            # the pass that produced `position` ran its query at `position - 1`
+            self._observe_query(position - 1)
+
+    @property
+    def total_len(self) -> int:
+        return self.tracker.position
+
+    # --------------------------------------------------------------- compaction
+
+    def take_due(self, allocated_logical_len: int) -> list[Eviction]:
+        """Evictions whose trigger token already has KV in the row (`trigger < len`).
+
+        A block must stay visible to its own `<|summary_end|>`; once that token's KV
+        is in the row, the next query is the first that may not see the block.
+        """
+        out = []
+        while self._due and self._due[0].trigger < allocated_logical_len:
+            out.append(self._due.popleft())
+        return out
+
+    def has_due(self) -> bool:
+        return bool(self._due)
+
+    @property
+    def position_offset(self) -> int:
+        """Logical minus physical index of every token appended from now on."""
+        return self.map.evicted_tokens
+
+    def on_row_released(self) -> None:
+        """The row was freed without finishing (retraction): re-apply after re-prefill."""
+        self.map.clear()
+        self._due = deque(self._decided)  # `_due` is always a suffix of `_decided`
+
+    # -------------------------------------------------------------------- stats
+
+    def stats(self) -> MementoStats:
+        return MementoStats(
+            blocks_closed=len(self.tracker.closed_blocks),
+            blocks_evicted=self._seen_by_stats,
+            tokens_evicted=self._hidden_tokens,
+            live_kv_tokens=self._live,
+            peak_live_kv_tokens=self._peak,
+            peak_kv_tokens_without_eviction=max(self.total_len - 1, self.prompt_len),
+            anomalies=len(self.tracker.anomalies),
+        )
+
+    def _decide(self, ev: Eviction) -> None:
+        if ev.size <= 0:
+            return
+        self._decided.append(ev)
+        self._due.append(ev)
+
+    def _observe_query(self, query: int) -> None:
+        """Account the keys seen by the query at logical `query` (KV of 0..query)."""
+        if query < self.prompt_len - 1:
+            return
+        decided = self._decided
+        while self._seen_by_stats < len(decided) and decided[self._seen_by_stats].trigger < query:
+            self._hidden_tokens += decided[self._seen_by_stats].size
+            self._seen_by_stats += 1
+        self._live = query + 1 - self._hidden_tokens
+        self._peak = max(self._peak, self._live)

@@ -1,0 +1,153 @@
+"""Every SGLang hook memento-sglang installs, by name, with what it is for.
+
+Hook signatures follow `sglang.srt.plugins.hook_registry`: BEFORE `fn(*args)`,
+AFTER `fn(result, *args)`, AROUND `fn(original, *args)`. Targets are resolved
+and checked by `memento_sglang.sglang_plugin.load()` before any is registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sglang.srt.environ import envs
+from sglang.srt.plugins.hook_registry import HookType
+
+from memento_sglang.config import MementoConfigError
+from memento_sglang.sglang_plugin import scheduler, settings
+
+_SA = "sglang.srt.server_args.ServerArgs"
+_ENGINE = "sglang.srt.entrypoints.engine.Engine"
+_TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
+_SCHED = "sglang.srt.managers.scheduler.Scheduler"
+_BATCH = "sglang.srt.managers.schedule_batch.ScheduleBatch"
+_REQ = "sglang.srt.managers.schedule_batch.Req"
+_FWD = "sglang.srt.model_executor.forward_batch_info.ForwardBatch"
+_RUNNER = "sglang.srt.model_executor.model_runner.ModelRunner"
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    target: str
+    fn: Callable[..., Any]
+    kind: HookType
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+
+# ------------------------------------------------- launcher / Engine process
+
+
+def add_memento_config_flag(original, parser):
+    """`--memento-config JSON` on every SGLang command line."""
+    original(parser)
+    settings.add_flag(parser)
+
+
+def carry_memento_config_from_cli(server_args, cls, args):
+    """The parsed flag rides on the ServerArgs record into every child process."""
+    settings.attach(server_args, getattr(args, "memento_config", None))
+
+
+def take_engine_memento_config(self, *args, **kwargs):
+    """`sgl.Engine(..., memento_config=...)`."""
+    raw = kwargs.pop("memento_config", None)
+    if raw is not None:
+        if "server_args" in kwargs:
+            settings.attach(kwargs["server_args"], raw)
+        else:
+            settings.defer_engine_config(raw)
+    return (self, *args), kwargs
+
+
+def carry_engine_memento_config(result, self, *args, **kwargs):
+    settings.attach(self, settings.take_deferred_engine_config())
+
+
+def validate_server_config_at_startup(result, self, *args, **kwargs):
+    """Tokens missing from the vocabulary etc. stop the server before it serves."""
+    self.memento_resolver = settings.make_resolver(
+        self.server_args, self.tokenizer, self.model_config.vocab_size
+)
+
+
+def reject_bad_request_config(result, self, *args, **kwargs):
+    """A bad `custom_params["memento"]` is a ValueError here, i.e. HTTP 400."""
+    params = getattr(result, "sampling_params", None)
+    if params is None:
+        return None
+    try:
+        self.memento_resolver.spec_for(params.custom_params)
+    except MementoConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return None
+
+
+def report_memento_meta_info(original, self, meta_info, state, customized_info, index, *rest):
+    """`meta_info["memento"]` is the latest stats snapshot, not an accumulated list."""
+    if "memento" in customized_info:
+        customized_info = dict(customized_info)
+        stats = customized_info.pop("memento")[index]
+        if stats is not None:
+            meta_info["memento"] = stats
+        if not customized_info:
+            return None
+    return original(self, meta_info, state, customized_info, index, *rest)
+
+
+# ------------------------------------------------------------ scheduler process
+
+
+def install_in_scheduler(result, self, server_args, *args, **kwargs):
+    """Resolve the server config once per scheduler; turn on delayed sampling if needed."""
+    self.memento_resolver = settings.make_resolver(
+        server_args, self.tokenizer, self.model_config.vocab_size
+)
+    if self.memento_resolver.server_spec is not None and self.enable_overlap:
+        envs.SGLANG_ENABLE_DELAY_SAMPLE.set(True)
+
+
+def stream_memento_stats(result, self, *args, **kwargs):
+    return scheduler.memento_streamer_class(result)
+
+
+def attach_memento_state(req, self, recv_req, *args, **kwargs):
+    scheduler.attach(req, self.memento_resolver)
+
+
+def compact_before_decode(self, *args, **kwargs):
+    scheduler.compact_running_batch(self)
+
+
+def logical_positions(forward_batch, cls, batch, *args, **kwargs):
+    scheduler.offset_positions(forward_batch, batch)
+
+
+def reset_after_retraction(result, self, *args, **kwargs):
+    scheduler.on_row_released(self)
+
+
+def enforce_block_budget(self, logits_output, forward_batch, *args, **kwargs):
+    scheduler.force_block_ends(logits_output, forward_batch)
+
+
+H = HookType
+HOOKS: tuple[HookSpec, ...] = (
+    HookSpec(f"{_SA}.add_cli_args", add_memento_config_flag, H.AROUND),
+    HookSpec(f"{_SA}.from_cli_args", carry_memento_config_from_cli, H.AFTER),
+    HookSpec(f"{_SA}.__post_init__", carry_engine_memento_config, H.AFTER),
+    HookSpec(f"{_ENGINE}.__init__", take_engine_memento_config, H.BEFORE),
+    HookSpec(f"{_TM}.__init__", validate_server_config_at_startup, H.AFTER),
+    HookSpec(f"{_TM}._create_tokenized_object", reject_bad_request_config, H.AFTER),
+    HookSpec(f"{_TM}.update_request_meta_info", report_memento_meta_info, H.AROUND),
+    HookSpec(f"{_SCHED}.__init__", install_in_scheduler, H.AFTER),
+    HookSpec(f"{_SCHED}.get_output_streamer_class", stream_memento_stats, H.AFTER),
+    HookSpec(f"{_SCHED}._create_generation_req", attach_memento_state, H.AFTER),
+    HookSpec(f"{_BATCH}.prepare_for_decode", compact_before_decode, H.BEFORE),
+    HookSpec(f"{_FWD}.init_new", logical_positions, H.AFTER),
+    HookSpec(f"{_REQ}.reset_for_retract", reset_after_retraction, H.AFTER),
+    HookSpec(f"{_RUNNER}.sample", enforce_block_budget, H.BEFORE),
+)

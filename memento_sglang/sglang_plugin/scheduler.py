@@ -1,0 +1,212 @@
+"""Scheduler-side Memento: attach state to requests, compact rows, fix positions.
+
+Every function here receives SGLang objects from a hook in `hooks.py` and does
+one job. Requests carry their state as `req.memento` (a `MementoSequence`, or
+absent). The sequence is synced lazily from `req.output_ids`, which SGLang only
+appends to after a forward's result is processed, so whatever the sequence
+decides is already "processed" in the overlap scheduler's sense.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from memento_sglang.config import MementoConfigError
+from memento_sglang.sequence import MementoSequence
+from memento_sglang.tracker import Eviction
+
+logger = logging.getLogger("memento_sglang")
+
+STATE = "memento"  # attribute on Req
+OUTPUT_SEEN = "_memento_outputs_seen"
+BUDGET_ROWS = "memento_budget_rows"  # attribute on ForwardBatch
+
+
+def sequence_of(req: Any) -> MementoSequence | None:
+    return getattr(req, STATE, None)
+
+
+def synced(req: Any) -> MementoSequence | None:
+    """The request's sequence, fed every output token appended since the last call."""
+    seq = getattr(req, STATE, None)
+    if seq is None:
+        return None
+    seen = getattr(req, OUTPUT_SEEN, 0)
+    out = req.output_ids
+    if len(out) > seen:
+        before = len(seq.tracker.closed_blocks)
+        seq.on_output_tokens(out[seen:])
+        setattr(req, OUTPUT_SEEN, len(out))
+        if seq.spec.config.debug and len(seq.tracker.closed_blocks) > before:
+            for block in seq.tracker.closed_blocks[before:]:
+                logger.info("[memento] rid=%s memento closed: %s", req.rid, block)
+    return seq
+
+
+# ------------------------------------------------------------------ requests
+
+
+def attach(req: Any, resolver: Any) -> None:
+    """Give a new request its Memento state, or abort it on a bad per-request config."""
+    try:
+        spec = resolver.spec_for(req.sampling_params.custom_params)
+    except MementoConfigError as exc:  # normally rejected earlier with HTTP 400
+        req.set_finish_with_abort(str(exc))
+        return
+    if spec is None:
+        return
+    seq = MementoSequence(spec, list(req.origin_input_ids))
+    setattr(req, STATE, seq)
+    setattr(req, OUTPUT_SEEN, 0)
+    if spec.config.debug:
+        logger.info(
+            "[memento] rid=%s tracking: prompt %d tokens, %d closed blocks in the prompt (kept)",
+            req.rid,
+            seq.prompt_len,
+            len(seq.tracker.closed_blocks),
+        )
+
+
+def on_row_released(req: Any) -> None:
+    seq = sequence_of(req)
+    if seq is not None:
+        seq.on_row_released()
+
+
+# ---------------------------------------------------------------- compaction
+
+
+def compact_running_batch(batch: Any) -> None:
+    """Before a decode step: evict every due block, fix the batch's length tensors.
+
+    A span is due once its trigger token's KV slot is in the row and that token
+    has been processed; so the first query that no longer sees the block is the
+    one right after the trigger, in both overlap and non-overlap scheduling.
+    """
+    removed: list[tuple[int, int]] = []
+    for i, req in enumerate(batch.reqs):
+        seq = synced(req)
+        if seq is None or not seq.has_due():
+            continue
+        due = seq.take_due(req.kv.kv_allocated_len + seq.position_offset)
+        if due:
+            removed.append((i, _compact_row(req, seq, due, batch)))
+    if not removed:
+        return
+    delta_cpu = torch.zeros(len(batch.reqs), dtype=batch.seq_lens_cpu.dtype)
+    for i, n in removed:
+        delta_cpu[i] = n
+    # Out of place: an in-flight forward of the overlap scheduler aliases these.
+    batch.seq_lens = batch.seq_lens - delta_cpu.to(batch.seq_lens.device, batch.seq_lens.dtype)
+    batch.seq_lens_cpu = batch.seq_lens_cpu - delta_cpu
+    if batch.orig_seq_lens is not None:
+        batch.orig_seq_lens = batch.orig_seq_lens - delta_cpu.to(
+            batch.orig_seq_lens.device, batch.orig_seq_lens.dtype
+        )
+    batch.seq_lens_sum = None
+
+
+def _compact_row(req: Any, seq: MementoSequence, due: list[Eviction], batch: Any) -> int:
+    """Shift the request's row left over each span and free the slots it owns.
+
+    Zero copy: only int32 slot indices move; KV stays where it was computed. Slots
+    in `[0, cache_protected_len)` belong to the radix tree and are not freed here.
+    """
+    kv = req.kv
+    table = batch.req_to_token_pool.req_to_token
+    allocator = batch.token_to_kv_pool_allocator
+    row = kv.req_pool_idx
+    removed = 0
+    for ev in due:
+        start, end = seq.map.add(ev.start, ev.end)
+        n = end - start
+        length = kv.kv_allocated_len
+        protected = kv.cache_protected_len
+        owned_from = max(start, protected)
+        if owned_from < end:
+            allocator.free(table[row, owned_from:end].clone())
+        table[row, start : length - n] = table[row, end:length].clone()
+        kv.cache_protected_len = protected - max(0, min(end, protected) - start)
+        kv.kv_committed_len -= n
+        kv.kv_allocated_len -= n
+        removed += n
+        if seq.spec.config.debug:
+            logger.info(
+                "[memento] rid=%s evicted logical [%d, %d) (block %d, trigger %d): "
+                "kv %d -> %d tokens, %d freed, %d tree-owned",
+                req.rid, ev.start, ev.end, ev.block.index, ev.trigger,
+                length, kv.kv_allocated_len, max(0, end - owned_from), n - max(0, end - owned_from),
+            )  # fmt: skip
+    # The row no longer pairs logical ids with their KV slots one to one; a stock
+    # radix tree would be poisoned by inserting it (the prompt stays cached).
+    req.skip_radix_cache_insert = True
+    return removed
+
+
+# ----------------------------------------------------------------- positions
+
+
+def offset_positions(forward_batch: Any, batch: Any) -> None:
+    """RoPE positions are logical: add each request's evicted-token count."""
+    reqs = batch.reqs
+    offsets = [(s.position_offset if (s := sequence_of(r)) is not None else 0) for r in reqs]
+    budget_rows = [
+        (i, r) for i, r in enumerate(reqs)
+        if (s := sequence_of(r)) is not None and s.spec.config.max_block_tokens > 0
+    ]  # fmt: skip
+    if budget_rows:
+        setattr(forward_batch, BUDGET_ROWS, budget_rows)
+    if not any(offsets):
+        return
+    positions = forward_batch.positions
+    per_req = torch.tensor(offsets, dtype=positions.dtype, device=positions.device)
+    if forward_batch.forward_mode.is_decode():
+        forward_batch.positions = positions + per_req
+    else:
+        lens = torch.as_tensor(batch.extend_lens, device=positions.device)
+        forward_batch.positions = positions + torch.repeat_interleave(per_req, lens)
+
+
+# -------------------------------------------------------------------- budget
+
+
+def force_block_ends(logits_output: Any, forward_batch: Any) -> None:
+    """`max_block_tokens`: where a block is full, only `<|block_end|>` may be sampled."""
+    rows = getattr(forward_batch, BUDGET_ROWS, None)
+    if not rows:
+        return
+    forced = []
+    for i, req in rows:
+        seq = synced(req)
+        if seq is not None and seq.tracker.block_budget_exhausted:
+            forced.append((i, seq.spec.ids.block_end))
+    if not forced:
+        return
+    logits = logits_output.next_token_logits
+    for i, block_end in forced:
+        keep = logits[i, block_end].clone()
+        logits[i] = float("-inf")
+        logits[i, block_end] = keep if torch.isfinite(keep) else 0.0
+
+
+# --------------------------------------------------------------------- stats
+
+
+def memento_streamer_class(base: type) -> type:
+    """SGLang's output streamer plus `customized_info["memento"]` per request."""
+
+    class MementoOutputStreamer(base):
+        has_additional_customized_info = True
+
+        def build_additional_customized_info(self, reqs):
+            info = super().build_additional_customized_info(reqs)
+            seqs = [synced(r) for r in reqs]
+            if any(s is not None for s in seqs):
+                info["memento"] = [None if s is None else s.stats().model_dump() for s in seqs]
+            return info
+
+    MementoOutputStreamer.__qualname__ = f"Memento{base.__qualname__}"
+    return MementoOutputStreamer
