@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memento_sglang.tracker import AnomalyKind, BlockTracker, Phase
-from tests.support.mask_rule import visible_matrix
-from tests.support.synthetic import BE, BS, IM, SE, SS, TE, ASSISTANT, USER, spec, tokens
+from support.mask_rule import visible_matrix
+from support.synthetic import BE, BS, IM, SE, SS, TE, ASSISTANT, USER, spec, tokens
 
 W = 50  # an ordinary word
 
@@ -104,7 +104,7 @@ def test_new_turn_abandons_open_block():
     ids = tokens("A [ w w") + [IM, USER, W] + tokens("A [ w ] ( s )")
     tracker, evs = evictions({"mask_delimiters": False}, ids)
     assert AnomalyKind.UNCLOSED_AT_SECTION_END in [a.kind for a in tracker.anomalies]
-    assert evs == [(10, 11, 14)]
+    assert evs == [(11, 12, 15)]
 
 
 def test_block_budget():

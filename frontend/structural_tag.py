@@ -1,0 +1,83 @@
+"""xgrammar structural tags that force the Memento structure token-exactly.
+
+`token` elements emit each delimiter as its single special-token id (EBNF/regex
+string literals would let a model spell a delimiter with ordinary tokens, which a
+token-id tracker cannot see); `any_tokens` with `exclude_tokens` keeps every
+special token out of free text and its `max_tokens` is the block/memento budget.
+Send the result as `sampling_params["structural_tag"]` with
+`skip_special_tokens: false`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+THINK, END_THINK = "<think>", "</think>"
+BLOCK_START, BLOCK_END = "<|block_start|>", "<|block_end|>"
+SUMMARY_START, SUMMARY_END = "<|summary_start|>", "<|summary_end|>"
+MEMENTO_TOKENS = (THINK, END_THINK, BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END)
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class BlockBudget:
+    """Upper bounds on one block's content and its memento, in tokens."""
+
+    block_tokens: int
+    memento_tokens: int
+
+
+def _token(text: str) -> dict:
+    return {"type": "token", "token": text}
+
+
+def _free_text(max_tokens: int | None, excluded: Sequence[str]) -> dict:
+    element: dict = {"type": "any_tokens", "exclude_tokens": list(excluded)}
+    if max_tokens is not None:
+        element["max_tokens"] = max_tokens
+    return element
+
+
+def block_elements(budget: BlockBudget, excluded: Sequence[str]) -> list[dict]:
+    return [
+        _token(BLOCK_START),
+        _free_text(budget.block_tokens, excluded),
+        _token(BLOCK_END),
+        _token(SUMMARY_START),
+        _free_text(budget.memento_tokens, excluded),
+        _token(SUMMARY_END),
+    ]
+
+
+def memento_structural_tag(
+    blocks: Sequence[BlockBudget] | BlockBudget,
+    *,
+    answer_tokens: int | None = None,
+    resume_open_block: BlockBudget | None = None,
+    extra_excluded: Sequence[str] = CHATML_TOKENS,
+) -> str:
+    """`<think>` + blocks + `</think>` + answer, as a JSON structural tag.
+
+    `blocks` as a sequence fixes the number of blocks; a single `BlockBudget` lets
+    the model write one or more blocks (`plus`). `resume_open_block` is for a prompt
+    that already ends inside a block (after `<think>...<|block_start|>...`): the
+    output first finishes that block and its memento.
+    """
+    excluded = [*MEMENTO_TOKENS, *extra_excluded]
+    if resume_open_block is None:
+        elements: list[dict] = [_token(THINK)]
+    else:
+        elements = block_elements(resume_open_block, excluded)[1:]
+    if isinstance(blocks, BlockBudget):
+        body = {"type": "sequence", "elements": block_elements(blocks, excluded)}
+        elements.append({"type": "plus", "content": body})
+    else:
+        for budget in blocks:
+            elements += block_elements(budget, excluded)
+    elements.append(_token(END_THINK))
+    elements.append(_free_text(answer_tokens, excluded))
+    return json.dumps(
+        {"type": "structural_tag", "format": {"type": "sequence", "elements": elements}}
+    )

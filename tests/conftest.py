@@ -1,0 +1,71 @@
+"""Shared fixtures: the tiny model, the HF reference, and real CPU servers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.oracle import MementoReference
+from support.server import ServerPool, ServerSpec
+
+from memento_sglang.config import MementoConfig
+from memento_sglang.models.tiny import SPECIAL_TOKENS, tiny_model_path
+
+SERVER_MEMENTO = json.dumps({"enable": True, "mask_delimiters": False})
+
+SERVERS = [
+    # SGLang defaults: overlap scheduler on, radix cache on; our launcher.
+    ServerSpec("default", ("--memento-config", SERVER_MEMENTO)),
+    # Both off, started through the stock `python -m sglang.launch_server` + plugin.
+    ServerSpec(
+        "no_overlap_no_radix",
+        ("--memento-config", SERVER_MEMENTO, "--disable-overlap-schedule", "--disable-radix-cache"),
+        launcher="sglang",
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def model_path():
+    return tiny_model_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+@pytest.fixture(scope="session")
+def token_ids(tokenizer):
+    """Resolved Memento ids of the tiny model (what the server resolves too)."""
+    cfg = MementoConfig(enable=True, mask_delimiters=False)
+    return cfg.resolve(tokenizer.get_vocab(), len(tokenizer)).ids
+
+
+@pytest.fixture(scope="session")
+def reference(model_path, tokenizer):
+    return MementoReference(model_path, set(tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))))
+
+
+@pytest.fixture(scope="session")
+def server_pool(model_path):
+    pool = ServerPool(SERVERS, model_path)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def default_server(server_pool):
+    return server_pool.get("default")
+
+
+@pytest.fixture(scope="session")
+def plain_server(server_pool):
+    return server_pool.get("no_overlap_no_radix")
+
+
+@pytest.fixture(params=["default", "no_overlap_no_radix"])
+def any_server(request, server_pool):
+    return server_pool.get(request.param)

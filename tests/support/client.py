@@ -1,0 +1,77 @@
+"""Request builders and the oracle check shared by the server tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from support.mask_rule import hidden_spans, visible_matrix
+
+from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
+
+
+def chat_prompt(tokenizer, user_text: str) -> list[int]:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_text}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+
+
+def memento_body(
+    prompt_ids: list[int],
+    blocks: Sequence[tuple[int, int]],
+    *,
+    answer_tokens: int = 4,
+    memento: dict | None = None,
+    max_new_tokens: int = 400,
+    resume_open_block: tuple[int, int] | None = None,
+    **extra,
+) -> dict:
+    """A greedy request whose output structure is forced by a structural tag."""
+    tag = memento_structural_tag(
+        [BlockBudget(b, s) for b, s in blocks],
+        answer_tokens=answer_tokens,
+        resume_open_block=BlockBudget(*resume_open_block) if resume_open_block else None,
+    )
+    params = {
+        "temperature": 0.0,
+        "max_new_tokens": max_new_tokens,
+        "structural_tag": tag,
+        "skip_special_tokens": False,
+    }
+    if memento is not None:
+        params["custom_params"] = {"memento": memento}
+    return {"input_ids": prompt_ids, "sampling_params": params, **extra}
+
+
+RULE_KEYS = ("keep_last_n_blocks", "mask_delimiters", "keep_last_block_for_answer")
+
+
+def rule_of(memento: dict | None, server_default: dict) -> dict:
+    cfg = {**server_default, **(memento or {})}
+    return {k: cfg[k] for k in RULE_KEYS if k in cfg}
+
+
+def assert_matches_reference(reference, token_ids, prompt_ids, output_ids, rule) -> None:
+    ids = list(prompt_ids) + list(output_ids)
+    visible = visible_matrix(ids, token_ids, prompt_len=len(prompt_ids), **rule)
+    mismatches = reference.greedy_mismatches(ids, len(prompt_ids), visible)
+    assert not mismatches, f"server != HF Memento reference at {mismatches[:5]} (rule {rule})"
+
+
+def expected_stats(token_ids, prompt_ids, output_ids, rule) -> dict:
+    """`meta_info["memento"]` computed from the token ids by the oracle's mask rule."""
+    ids = list(prompt_ids) + list(output_ids)
+    n, p = len(ids), len(prompt_ids)
+    visible = visible_matrix(ids, token_ids, prompt_len=p, **rule)
+    last_query = max(n - 2, p - 1)
+    keys_seen = [sum(visible[q][: q + 1]) for q in range(p - 1, last_query + 1)]
+    spans = hidden_spans(ids, token_ids, prompt_len=p, **rule)
+    return {
+        "live_kv_tokens": keys_seen[-1],
+        "peak_live_kv_tokens": max(keys_seen),
+        "peak_kv_tokens_without_eviction": last_query + 1,
+        "tokens_evicted": last_query + 1 - keys_seen[-1],
+        "blocks_evicted": sum(1 for _, _, trig in spans if trig < last_query),
+    }
