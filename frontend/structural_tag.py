@@ -41,14 +41,15 @@ def _free_text(max_tokens: int | None, excluded: Sequence[str]) -> dict:
 
 
 def block_elements(budget: BlockBudget, excluded: Sequence[str]) -> list[dict]:
-    return [
-        _token(BLOCK_START),
-        _free_text(budget.block_tokens, excluded),
-        _token(BLOCK_END),
-        _token(SUMMARY_START),
-        _free_text(budget.memento_tokens, excluded),
-        _token(SUMMARY_END),
-    ]
+    """One block and its memento; a zero budget means no free text at that place."""
+    elements = [_token(BLOCK_START)]
+    if budget.block_tokens:
+        elements.append(_free_text(budget.block_tokens, excluded))
+    elements += [_token(BLOCK_END), _token(SUMMARY_START)]
+    if budget.memento_tokens:
+        elements.append(_free_text(budget.memento_tokens, excluded))
+    elements.append(_token(SUMMARY_END))
+    return elements
 
 
 def memento_structural_tag(
