@@ -1,0 +1,79 @@
+"""MementoSequence: due evictions, logical/physical map, statistics, retraction."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.mask_rule import visible_matrix
+from support.synthetic import spec, tokens
+
+from memento_sglang.sequence import EvictionMap, MementoSequence
+
+
+def test_eviction_map_physical_indices():
+    m = EvictionMap()
+    assert m.add(5, 10) == (5, 10)
+    assert m.add(20, 23) == (15, 18)
+    assert m.evicted_tokens == 8
+    assert [m.to_physical(i) for i in (0, 4, 10, 19, 23, 30)] == [0, 4, 5, 14, 15, 22]
+    with pytest.raises(ValueError):
+        m.add(21, 22)
+
+
+def test_due_only_once_trigger_kv_is_in_the_row():
+    prompt = tokens("A")
+    seq = MementoSequence(spec(mask_delimiters=False), prompt)
+    seq.on_output_tokens(tokens("[ w w ] ( s )"))  # summary_end at position 8
+    assert seq.has_due()
+    assert seq.take_due(8) == []  # summary_end's KV not allocated yet
+    (ev,) = seq.take_due(9)
+    assert (ev.start, ev.end, ev.trigger) == (3, 5, 8)
+    assert not seq.has_due() and seq.take_due(100) == []
+
+
+def test_prompt_closed_blocks_are_kept():
+    seq = MementoSequence(spec(mask_delimiters=False), tokens("A [ w ] ( s )"))
+    assert len(seq.tracker.closed_blocks) == 1 and not seq.has_due()
+
+
+def test_row_release_requeues_applied_evictions():
+    seq = MementoSequence(spec(mask_delimiters=False), tokens("A"))
+    seq.on_output_tokens(tokens("[ w ] ( s ) [ w w ] ( s )"))
+    for ev in seq.take_due(100):
+        seq.map.add(ev.start, ev.end)
+    assert seq.position_offset == 3
+    seq.on_row_released()
+    assert seq.position_offset == 0
+    assert [(e.start, e.end) for e in seq.take_due(100)] == [(3, 4), (9, 11)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lens=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), max_size=5),
+    keep=st.integers(-1, 2),
+    delims=st.booleans(),
+    tail=st.integers(0, 4),
+    prompt_blocks=st.integers(0, 2),
+)
+def test_stats_equal_keys_seen_under_the_mask(lens, keep, delims, tail, prompt_blocks):
+    """live/peak KV = rows of the oracle's mask; independent of the tracker."""
+    prompt_text = "A" + " [ w ] ( s )" * prompt_blocks
+    out_text = "".join(" [" + " w" * b + " ] (" + " s" * s + " )" for b, s in lens)
+    out_text += " T" + " w" * tail
+    prompt, output = tokens(prompt_text), tokens(out_text)
+    sp = spec(mask_delimiters=delims, keep_last_n_blocks=keep)
+    seq = MementoSequence(sp, prompt)
+    seq.on_output_tokens(output)
+    ids = prompt + output
+    visible = visible_matrix(
+        ids, sp.ids, keep_last_n_blocks=keep, mask_delimiters=delims, prompt_len=len(prompt)
+    )
+    last = len(ids) - 2
+    seen = [sum(visible[q][: q + 1]) for q in range(len(prompt) - 1, last + 1)]
+    stats = seq.stats()
+    assert stats.live_kv_tokens == seen[-1]
+    assert stats.peak_live_kv_tokens == max(seen)
+    assert stats.peak_kv_tokens_without_eviction == last + 1
+    assert stats.tokens_evicted == last + 1 - seen[-1]
+    assert stats.blocks_closed == prompt_blocks + len(lens)
