@@ -53,18 +53,19 @@ def carry_memento_config_from_cli(server_args, cls, args):
 
 
 def take_engine_memento_config(self, *args, **kwargs):
-    """`sgl.Engine(..., memento_config=...)`."""
+    """`sgl.Engine(..., memento_config=...)`: build the ServerArgs with the config attached.
+
+    Mirrors Engine's own kwargs path (default log level "error"); SGLang's msgspec
+    record never calls a patched `__post_init__`, so the config cannot ride along later.
+    """
     raw = kwargs.pop("memento_config", None)
-    if raw is not None:
-        if "server_args" in kwargs:
-            settings.attach(kwargs["server_args"], raw)
-        else:
-            settings.defer_engine_config(raw)
+    if raw is None:
+        return None
+    if "server_args" not in kwargs:
+        kwargs.setdefault("log_level", "error")
+        kwargs = {"server_args": self.server_args_class(**kwargs)}
+    settings.attach(kwargs["server_args"], raw)
     return (self, *args), kwargs
-
-
-def carry_engine_memento_config(result, self, *args, **kwargs):
-    settings.attach(self, settings.take_deferred_engine_config())
 
 
 def validate_server_config_at_startup(result, self, *args, **kwargs):
@@ -138,7 +139,6 @@ H = HookType
 HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_SA}.add_cli_args", add_memento_config_flag, H.AROUND),
     HookSpec(f"{_SA}.from_cli_args", carry_memento_config_from_cli, H.AFTER),
-    HookSpec(f"{_SA}.__post_init__", carry_engine_memento_config, H.AFTER),
     HookSpec(f"{_ENGINE}.__init__", take_engine_memento_config, H.BEFORE),
     HookSpec(f"{_TM}.__init__", validate_server_config_at_startup, H.AFTER),
     HookSpec(f"{_TM}._create_tokenized_object", reject_bad_request_config, H.AFTER),

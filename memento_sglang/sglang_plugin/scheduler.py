@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from memento_sglang.config import MementoConfigError
+from memento_sglang.kernels.row_compaction import shift_row_left
 from memento_sglang.sequence import MementoSequence
 from memento_sglang.tracker import Eviction
 
@@ -126,9 +127,9 @@ def _compact_row(req: Any, seq: MementoSequence, due: list[Eviction], batch: Any
         length = kv.kv_allocated_len
         protected = kv.cache_protected_len
         owned_from = max(start, protected)
+        removed_slots = shift_row_left(table, row, start, end, length)
         if owned_from < end:
-            allocator.free(table[row, owned_from:end].clone())
-        table[row, start : length - n] = table[row, end:length].clone()
+            allocator.free(removed_slots[owned_from - start :])
         kv.cache_protected_len = protected - max(0, min(end, protected) - start)
         kv.kv_committed_len -= n
         kv.kv_allocated_len -= n

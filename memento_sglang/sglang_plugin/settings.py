@@ -8,7 +8,6 @@ record; `MEMENTO_SGLANG_CONFIG` is the fallback for launch paths we do not see.
 from __future__ import annotations
 
 import argparse
-import contextvars
 from typing import Any
 
 from sglang.srt.environ import envs
@@ -18,12 +17,6 @@ from memento_sglang.resolver import ConfigResolver, server_config_text, tokenize
 
 ATTRIBUTE = "_memento_config"
 FLAG = "--memento-config"
-
-# An Engine(memento_config=...) kwarg waiting for the ServerArgs it builds next.
-_pending_engine_config: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "memento_pending_engine_config", default=None
-)
-
 
 def parse_flag(text: str) -> str:
     """argparse `type=`: validate early so a bad flag is a usage error, not a traceback."""
@@ -49,17 +42,6 @@ def attach(server_args: Any, raw: str | dict | MementoConfig | None) -> None:
         return
     config = MementoConfig.parse(raw)
     setattr(server_args, ATTRIBUTE, config.model_dump_json(exclude_unset=True))  # bookkeeping name: allowed
-
-
-def defer_engine_config(raw: str | dict | MementoConfig | None) -> None:
-    if raw is not None:
-        _pending_engine_config.set(MementoConfig.parse(raw).model_dump_json(exclude_unset=True))
-
-
-def take_deferred_engine_config() -> str | None:
-    raw = _pending_engine_config.get()
-    _pending_engine_config.set(None)
-    return raw
 
 
 def server_config(server_args: Any) -> MementoConfig:

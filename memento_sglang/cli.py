@@ -1,0 +1,37 @@
+"""`memento-sglang`: serve (SGLang's launcher + CPU defaults), demo, build the tiny model."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: memento-sglang {serve,demo,tiny-model} [args]
+
+  serve       python -m sglang.launch_server's arguments (plus --memento-config);
+              CPU defaults applied when no GPU is present
+  demo        run the CPU demo on the embedded tiny model (sgl.Engine in-process)
+  tiny-model  build the tiny Memento Qwen3 (cached) and print its path
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if command == "serve":
+        from memento_sglang.launch_server import main as serve
+
+        serve(rest)
+    elif command == "demo":
+        from memento_sglang.demo import main as demo
+
+        demo(rest)
+    elif command == "tiny-model":
+        from memento_sglang.models.tiny import tiny_model_path
+
+        print(tiny_model_path())
+    else:
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(0 if command in ("-h", "--help") else 2)
+
+
+if __name__ == "__main__":
+    main()
