@@ -79,6 +79,4 @@ def memento_structural_tag(
             elements += block_elements(budget, excluded)
     elements.append(_token(END_THINK))
     elements.append(_free_text(answer_tokens, excluded))
-    return json.dumps(
-        {"type": "structural_tag", "format": {"type": "sequence", "elements": elements}}
-    )
+    return json.dumps({"type": "structural_tag", "format": {"type": "sequence", "elements": elements}})

@@ -22,9 +22,9 @@ def _map_source_checkout_folders() -> None:
     """
     here = _Path(__file__).parent
     root = here.parent
-    if not (here / "frontend").exists() and (root / "frontend").is_dir():
-        if (root / "pyproject.toml").is_file():
-            __path__.append(str(root))  # noqa: F821 - module __path__
+    in_checkout = (root / "frontend").is_dir() and (root / "pyproject.toml").is_file()
+    if in_checkout and not (here / "frontend").exists():
+        __path__.append(str(root))  # noqa: F821 - module __path__
 
 
 _map_source_checkout_folders()

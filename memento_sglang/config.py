@@ -81,9 +81,7 @@ class MementoConfig(BaseModel):
             except json.JSONDecodeError as exc:
                 raise MementoConfigError(f"Memento config is not valid JSON: {exc}") from exc
         if not isinstance(raw, Mapping):
-            raise MementoConfigError(
-                f"Memento config must be a JSON object, got {type(raw).__name__}"
-            )
+            raise MementoConfigError(f"Memento config must be a JSON object, got {type(raw).__name__}")
         try:
             return cls.model_validate(dict(raw))
         except ValidationError as exc:
@@ -95,8 +93,7 @@ class MementoConfig(BaseModel):
             return self
         if not isinstance(overrides, Mapping):
             raise MementoConfigError(
-                f"custom_params[{CUSTOM_PARAMS_KEY!r}] must be an object, "
-                f"got {type(overrides).__name__}"
+                f"custom_params[{CUSTOM_PARAMS_KEY!r}] must be an object, got {type(overrides).__name__}"
             )
         return MementoConfig.parse({**self.model_dump(exclude_unset=True), **overrides})
 
@@ -109,9 +106,7 @@ class MementoConfig(BaseModel):
             ref = getattr(self, field)
             if isinstance(ref, int):
                 if not 0 <= ref < vocab_size:
-                    raise MementoConfigError(
-                        f"{field}={ref} is outside the vocabulary (size {vocab_size})"
-                    )
+                    raise MementoConfigError(f"{field}={ref} is outside the vocabulary (size {vocab_size})")
                 return ref
             if ref not in vocab:
                 raise MementoConfigError(

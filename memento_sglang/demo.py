@@ -29,7 +29,12 @@ def run(model_path: Path | None, blocks: int, block_tokens: int, memento_tokens:
     model_path = model_path or tiny_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Alice has 12 marbles and gives 4 to Bob. How many are left?"}],
+        [
+            {
+                "role": "user",
+                "content": "Alice has 12 marbles and gives 4 to Bob. How many are left?",
+            }
+        ],
         add_generation_prompt=True,
         tokenize=True,
         return_dict=False,

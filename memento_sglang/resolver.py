@@ -60,8 +60,7 @@ class ConfigResolver:
             return self.server_spec
         if not isinstance(overrides, Mapping):
             raise MementoConfigError(
-                f"custom_params[{CUSTOM_PARAMS_KEY!r}] must be an object, "
-                f"got {type(overrides).__name__}"
+                f"custom_params[{CUSTOM_PARAMS_KEY!r}] must be an object, got {type(overrides).__name__}"
             )
         return self._resolve_json(json.dumps(overrides, sort_keys=True))
 

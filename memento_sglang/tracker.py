@@ -170,11 +170,7 @@ class BlockTracker:
 
     def _feed_outside(self, pos: int, token_id: int) -> list[Eviction]:
         ids = self._ids
-        if (
-            token_id == ids.assistant
-            and self._im_start_at is not None
-            and pos - self._im_start_at <= 2
-        ):
+        if token_id == ids.assistant and self._im_start_at is not None and pos - self._im_start_at <= 2:
             self._phase = Phase.THINKING
             self._im_start_at = None
         elif token_id in ids.delimiters:

@@ -45,8 +45,7 @@ def load() -> None:
     installed = version("sglang")
     if installed != SUPPORTED_SGLANG_VERSION:
         raise MementoPluginError(
-            f"SGLang {installed} is not supported (this release targets "
-            f"{SUPPORTED_SGLANG_VERSION} exactly)"
+            f"SGLang {installed} is not supported (this release targets {SUPPORTED_SGLANG_VERSION} exactly)"
         )
     from sglang.srt.plugins.hook_registry import HookRegistry
 

@@ -18,6 +18,7 @@ from memento_sglang.resolver import ConfigResolver, server_config_text, tokenize
 ATTRIBUTE = "_memento_config"
 FLAG = "--memento-config"
 
+
 def parse_flag(text: str) -> str:
     """argparse `type=`: validate early so a bad flag is a usage error, not a traceback."""
     try:

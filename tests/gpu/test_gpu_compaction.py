@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from memento_sglang.kernels.row_compaction import shift_row_left
 
 pytestmark = [

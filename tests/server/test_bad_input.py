@@ -22,7 +22,10 @@ pytestmark = pytest.mark.server
         ({"enable": True, "mask_delimiters": None}, "mask_delimiters is required"),
         ({"block_end_token": "<|nope|>"}, "block_end_token"),
         ({"summary_end_token": 99999}, "outside the vocabulary"),
-        ({"keep_last_n_blocks": 1, "keep_last_block_for_answer": True}, "keep_last_block_for_answer"),
+        (
+            {"keep_last_n_blocks": 1, "keep_last_block_for_answer": True},
+            "keep_last_block_for_answer",
+        ),
         ("not an object", "must be an object"),
     ],
 )

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from support.client import assert_matches_reference, chat_prompt, memento_body
+from support.client import chat_prompt, memento_body
 
 pytestmark = pytest.mark.server
 

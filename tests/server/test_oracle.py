@@ -74,9 +74,7 @@ def test_delimiters_in_user_message_are_ignored(default_server, reference, token
 def test_max_block_tokens_forces_block_end(any_server, reference, tokenizer, token_ids):
     prompt = chat_prompt(tokenizer, "Count the primes below 20.")
     blocks = [(30, 2), (30, 2), (3, 2)]  # the grammar would allow 30; the budget says 5
-    out, _ = run_and_check(
-        any_server, reference, token_ids, prompt, blocks, {"max_block_tokens": 5}
-    )
+    out, _ = run_and_check(any_server, reference, token_ids, prompt, blocks, {"max_block_tokens": 5})
     ids = out["output_ids"]
     starts = [i for i, t in enumerate(ids) if t == token_ids.block_start]
     ends = [i for i, t in enumerate(ids) if t == token_ids.block_end]
@@ -91,9 +89,7 @@ def test_concurrent_requests_of_different_lengths(any_server, reference, tokeniz
         memento = {"keep_last_n_blocks": i % 3, "mask_delimiters": bool(i % 2)}
         jobs.append((prompt, blocks, memento))
     with ThreadPoolExecutor(8) as pool:
-        outs = list(
-            pool.map(lambda j: any_server.generate(memento_body(j[0], j[1], memento=j[2])), jobs)
-        )
+        outs = list(pool.map(lambda j: any_server.generate(memento_body(j[0], j[1], memento=j[2])), jobs))
     for (prompt, blocks, memento), out in zip(jobs, outs, strict=True):
         rule = rule_of(memento, SERVER_DEFAULT)
         assert_matches_reference(reference, token_ids, prompt, out["output_ids"], rule)
@@ -104,11 +100,11 @@ def test_prompt_ending_inside_a_block(any_server, reference, tokenizer, token_id
     """A block opened in the prompt leaves (its tree-owned prompt part too) when its memento
     closes; the output starts by closing it (a grammar that opens with free text trips
     an xgrammar/SGLang prefill issue, so the resumed block gets no more content)."""
-    prompt = chat_prompt(tokenizer, "Go on.") + tokenizer.convert_tokens_to_ids(
-        ["<think>", "<|block_start|>"]
-    ) + tokenizer.encode("We add 3 and 5", add_special_tokens=False)
-    blocks = [(7, 2)]
-    out, stats = run_and_check(
-        any_server, reference, token_ids, prompt, blocks, resume_open_block=(0, 3)
+    prompt = (
+        chat_prompt(tokenizer, "Go on.")
+        + tokenizer.convert_tokens_to_ids(["<think>", "<|block_start|>"])
+        + tokenizer.encode("We add 3 and 5", add_special_tokens=False)
     )
+    blocks = [(7, 2)]
+    out, stats = run_and_check(any_server, reference, token_ids, prompt, blocks, resume_open_block=(0, 3))
     assert stats["blocks_closed"] == 2

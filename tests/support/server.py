@@ -86,9 +86,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server {self.spec.name} exited:\n{self.log_tail()}")
             try:
-                if requests.get(self.url + "/model_info", timeout=2).ok:
-                    if "fired up and ready" in self.log_text():
-                        return
+                answered = requests.get(self.url + "/model_info", timeout=2).ok
+                if answered and "fired up and ready" in self.log_text():
+                    return
             except requests.RequestException:
                 pass
             time.sleep(1.0)
@@ -149,5 +149,13 @@ class ServerPool:
         return server
 
     def close(self) -> None:
+        """Stop every server; a server that leaked or broke an invariant fails the session."""
+        problems = []
+        for name in self._ready:
+            try:
+                self._servers[name].assert_healthy()
+            except AssertionError as exc:
+                problems.append(str(exc))
         for server in self._servers.values():
             server.stop()
+        assert not problems, "\n".join(problems)

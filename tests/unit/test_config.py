@@ -28,7 +28,10 @@ def test_defaults_follow_the_reference():
         ('{"kep_last_n_blocks": 1}', "kep_last_n_blocks"),
         ("{not json", "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
-        ('{"keep_last_n_blocks": 2, "keep_last_block_for_answer": true}', "keep_last_block_for_answer"),
+        (
+            '{"keep_last_n_blocks": 2, "keep_last_block_for_answer": true}',
+            "keep_last_block_for_answer",
+        ),
     ],
 )
 def test_invalid_configs_name_the_problem(raw, fragment):
@@ -52,12 +55,14 @@ def test_resolution_requires_every_token():
     assert ids.block_start == VOCAB["<|block_start|>"] and ids.assistant == VOCAB["assistant"]
     with pytest.raises(MementoConfigError, match="im_start_token"):
         cfg.resolve({k: v for k, v in VOCAB.items() if k != "<|im_start|>"}, 100)
-    relaxed = MementoConfig.parse({"enable": True, "mask_delimiters": True,
-                                   "require_assistant_section": False})
+    relaxed = MementoConfig.parse(
+        {"enable": True, "mask_delimiters": True, "require_assistant_section": False}
+    )
     assert relaxed.resolve({k: v for k, v in VOCAB.items() if k != "<|im_start|>"}, 100)
     with pytest.raises(MementoConfigError, match="distinct"):
-        MementoConfig.parse({"enable": True, "mask_delimiters": True,
-                             "block_end_token": "<|block_start|>"}).resolve(VOCAB, 100)
+        MementoConfig.parse(
+            {"enable": True, "mask_delimiters": True, "block_end_token": "<|block_start|>"}
+        ).resolve(VOCAB, 100)
     with pytest.raises(MementoConfigError, match="outside the vocabulary"):
         MementoConfig.parse({"block_start_token": 100}).resolve(VOCAB, 100)
 
