@@ -11,15 +11,16 @@ from support.server import ServerPool, ServerSpec
 from memento_sglang.config import MementoConfig
 from memento_sglang.models.tiny import SPECIAL_TOKENS, tiny_model_path
 
-SERVER_MEMENTO = json.dumps({"enable": True, "mask_delimiters": False})
+SERVER_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False})
+SERVER_MEMENTO_OFF = json.dumps({"mask_delimiters": False})  # requests opt in
 
 SERVERS = [
-    # SGLang defaults: overlap scheduler on, radix cache on; our launcher.
-    ServerSpec("default", ("--memento-config", SERVER_MEMENTO)),
-    # Both off, started through the stock `python -m sglang.launch_server` + plugin.
+    # SGLang defaults (overlap scheduler on, radix cache on), our launcher, Memento on.
+    ServerSpec("default", ("--memento-config", SERVER_MEMENTO_ON)),
+    # Both off, the stock `python -m sglang.launch_server` + plugin, Memento per request only.
     ServerSpec(
         "no_overlap_no_radix",
-        ("--memento-config", SERVER_MEMENTO, "--disable-overlap-schedule", "--disable-radix-cache"),
+        ("--memento-config", SERVER_MEMENTO_OFF, "--disable-overlap-schedule", "--disable-radix-cache"),
         launcher="sglang",
     ),
 ]

@@ -19,8 +19,13 @@ SERVER_DEFAULT = {"keep_last_n_blocks": 0, "mask_delimiters": False}
 BLOCKS = [(9, 3), (14, 2), (6, 4), (11, 3)]
 
 
+def opt_in(memento: dict | None) -> dict:
+    """Per-request config; the second server has Memento off unless a request enables it."""
+    return {"enable": True, **(memento or {})}
+
+
 def run_and_check(server, reference, token_ids, prompt, blocks, memento=None, **kw):
-    out = server.generate(memento_body(prompt, blocks, memento=memento, **kw))
+    out = server.generate(memento_body(prompt, blocks, memento=opt_in(memento), **kw))
     output_ids = out["output_ids"]
     rule = rule_of(memento, SERVER_DEFAULT)
     assert_matches_reference(reference, token_ids, prompt, output_ids, rule)
@@ -89,7 +94,9 @@ def test_concurrent_requests_of_different_lengths(any_server, reference, tokeniz
         memento = {"keep_last_n_blocks": i % 3, "mask_delimiters": bool(i % 2)}
         jobs.append((prompt, blocks, memento))
     with ThreadPoolExecutor(8) as pool:
-        outs = list(pool.map(lambda j: any_server.generate(memento_body(j[0], j[1], memento=j[2])), jobs))
+        outs = list(
+            pool.map(lambda j: any_server.generate(memento_body(j[0], j[1], memento=opt_in(j[2]))), jobs)
+        )
     for (prompt, blocks, memento), out in zip(jobs, outs, strict=True):
         rule = rule_of(memento, SERVER_DEFAULT)
         assert_matches_reference(reference, token_ids, prompt, out["output_ids"], rule)
