@@ -15,7 +15,7 @@ from sglang.srt.environ import envs
 from sglang.srt.plugins.hook_registry import HookType
 
 from memento_sglang.config import MementoConfigError
-from memento_sglang.sglang_plugin import scheduler, settings
+from memento_sglang.sglang_plugin import grammar, scheduler, settings
 
 _SA = "sglang.srt.server_args.ServerArgs"
 _ENGINE = "sglang.srt.entrypoints.engine.Engine"
@@ -25,6 +25,7 @@ _BATCH = "sglang.srt.managers.schedule_batch.ScheduleBatch"
 _REQ = "sglang.srt.managers.schedule_batch.Req"
 _FWD = "sglang.srt.model_executor.forward_batch_info.ForwardBatch"
 _RUNNER = "sglang.srt.model_executor.model_runner.ModelRunner"
+_XGRAMMAR = "sglang.srt.constrained.xgrammar_backend.XGrammarGrammarBackend"
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,11 @@ def enforce_block_budget(self, logits_output, forward_batch, *args, **kwargs):
     scheduler.force_block_ends(logits_output, forward_batch)
 
 
+def uncached_token_level_tags(result, self, *args, **kwargs):
+    """Work around xgrammar's compiler cache mixing up token-level structural tags."""
+    grammar.install(self)
+
+
 H = HookType
 HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_SA}.add_cli_args", add_memento_config_flag, H.AROUND),
@@ -148,4 +154,5 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_FWD}.init_new", logical_positions, H.AFTER),
     HookSpec(f"{_REQ}.reset_for_retract", reset_after_retraction, H.AFTER),
     HookSpec(f"{_RUNNER}.sample", enforce_block_budget, H.BEFORE),
+    HookSpec(f"{_XGRAMMAR}.__init__", uncached_token_level_tags, H.AFTER),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from memento_sglang.kernels.row_compaction import shift_row_left
 
 pytestmark = [

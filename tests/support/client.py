@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
-
 from support.mask_rule import hidden_spans, visible_matrix
+
+from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
 
 
 def chat_prompt(tokenizer, user_text: str) -> list[int]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from memento_sglang.kernels.row_compaction import shift_row_left
 
 

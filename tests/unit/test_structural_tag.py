@@ -1,0 +1,55 @@
+"""Structural tags: token-exact Memento structure, and the xgrammar cache workaround."""
+
+from __future__ import annotations
+
+import pytest
+import xgrammar as xgr
+
+from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
+from memento_sglang.sglang_plugin.grammar import TokenTagSafeCompiler
+
+OTHER_TAGS = [[(9, 3), (14, 2), (6, 4), (11, 3)], [(30, 2), (30, 2), (3, 2)], [(10, 2), (8, 3)], [(4, 2)]]
+
+
+def allowed_after(compiler, tag, accepted):
+    matcher = xgr.GrammarMatcher(compiler.compile_structural_tag(tag))
+    assert all(matcher.accept_token(t) for t in accepted)
+    mask = xgr.allocate_token_bitmask(1, 384)
+    matcher.fill_next_token_bitmask(mask)
+    return [i for i in range(384) if (mask[0, i // 32] >> (i % 32)) & 1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_info(tokenizer):
+    return xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
+
+
+@pytest.mark.parametrize("safe", [False, True])
+def test_compiler_cache_mixup_and_workaround(tokenizer_info, token_ids, safe):
+    cached = xgr.GrammarCompiler(tokenizer_info)
+    compiler = (
+        TokenTagSafeCompiler(cached, xgr.GrammarCompiler(tokenizer_info, cache_enabled=False))
+        if safe
+        else cached
+    )
+    for blocks in OTHER_TAGS:
+        compiler.compile_structural_tag(
+            memento_structural_tag([BlockBudget(*b) for b in blocks], answer_tokens=4)
+        )
+    tag = memento_structural_tag([BlockBudget(7, 2)], answer_tokens=4, resume_open_block=BlockBudget(0, 3))
+    ordinary = [200, 201, 202]
+    allowed = allowed_after(compiler, tag, [token_ids.block_end, token_ids.summary_start, *ordinary])
+    if safe:
+        assert allowed == [token_ids.summary_end]
+    else:  # documents the upstream bug; if xgrammar fixes it, drop the workaround
+        assert allowed != [token_ids.summary_end]
+
+
+def test_every_delimiter_is_a_token_element(tokenizer_info, tokenizer, token_ids):
+    tag = memento_structural_tag([BlockBudget(2, 1)], answer_tokens=1)
+    compiler = xgr.GrammarCompiler(tokenizer_info, cache_enabled=False)
+    ids = token_ids
+    # `<think>` first, then only `<|block_start|>` is allowed: delimiters are single ids
+    think = tokenizer.convert_tokens_to_ids("<think>")
+    assert allowed_after(compiler, tag, [think]) == [ids.block_start]
+    assert allowed_after(compiler, tag, [think, ids.block_start, 200, 201]) == [ids.block_end]
