@@ -22,6 +22,8 @@ CPU_SERVER_DEFAULTS: tuple[tuple[str, str | None], ...] = (
     ("--attention-backend", "torch_native"),
     ("--disable-cuda-graph", None),
     ("--dtype", "float32"),
+    # SGLang's scheduler polls when idle; on a few CPU cores that steals a core per server.
+    ("--sleep-on-idle", None),
 )
 
 

@@ -20,6 +20,7 @@ CPU_ENGINE_DEFAULTS = {
     "attention_backend": "torch_native",
     "disable_cuda_graph": True,
     "dtype": "float32",
+    "sleep_on_idle": True,
 }
 
 
