@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from memento_sglang.cpu import cpu_environment
 
 
@@ -23,43 +25,36 @@ def test_entry_point_is_registered():
     assert eps.get("memento") == "memento_sglang.sglang_plugin:load"
 
 
-def test_unsupported_sglang_version_is_refused(tmp_path):
-    done = run_python(
-        """
-        import memento_sglang.sglang_plugin as plugin
-        plugin.version = lambda name: "0.5.99"
-        try:
-            plugin.load()
-        except SystemExit as exc:
-            print("REFUSED:", exc)
-        from sglang.srt.plugins.hook_registry import HookRegistry
-        print("HOOKS:", len(HookRegistry._hooks))
-        """,
-        tmp_path,
-    )
-    assert "REFUSED: memento-sglang: SGLang 0.5.99 is not supported" in done.stdout, done.stderr
-    assert "HOOKS: 0" in done.stdout
+REFUSALS = {
+    "unsupported-version": (
+        'plugin.version = lambda name: "0.5.99"',
+        "REFUSED: memento-sglang: SGLang 0.5.99 is not supported",
+    ),
+    "missing-hook-target": (
+        """bogus = hooks.HookSpec("sglang.srt.managers.scheduler.Scheduler.no_such_method",
+                        hooks.compact_before_decode, hooks.HookType.BEFORE)
+hooks.HOOKS = hooks.HOOKS + (bogus,)""",
+        "Scheduler.no_such_method does not exist",
+    ),
+}
 
 
-def test_missing_hook_target_refuses_before_registering_anything(tmp_path):
-    done = run_python(
-        """
-        import memento_sglang.sglang_plugin as plugin
-        from memento_sglang.sglang_plugin import hooks
-        bogus = hooks.HookSpec(
-            "sglang.srt.managers.scheduler.Scheduler.no_such_method",
-            hooks.compact_before_decode, hooks.HookType.BEFORE)
-        hooks.HOOKS = hooks.HOOKS + (bogus,)
-        try:
-            plugin.load()
-        except SystemExit as exc:
-            print("REFUSED:", exc)
-        from sglang.srt.plugins.hook_registry import HookRegistry
-        print("HOOKS:", len(HookRegistry._hooks))
-        """,
-        tmp_path,
-    )
-    assert "Scheduler.no_such_method does not exist" in done.stdout, done.stderr
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusal_stops_before_registering_anything(tmp_path, case):
+    sabotage, message = REFUSALS[case]
+    script = "\n".join([
+        "import memento_sglang.sglang_plugin as plugin",
+        "from memento_sglang.sglang_plugin import hooks",
+        sabotage,
+        "try:",
+        "    plugin.load()",
+        "except SystemExit as exc:",
+        "    print('REFUSED:', exc)",
+        "from sglang.srt.plugins.hook_registry import HookRegistry",
+        "print('HOOKS:', len(HookRegistry._hooks))",
+    ])  # fmt: skip
+    done = run_python(script, tmp_path)
+    assert message in done.stdout, done.stdout + done.stderr
     assert "HOOKS: 0" in done.stdout
 
 
