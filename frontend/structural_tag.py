@@ -57,6 +57,7 @@ def memento_structural_tag(
     *,
     answer_tokens: int | None = None,
     resume_open_block: BlockBudget | None = None,
+    in_think: bool = False,
     extra_excluded: Sequence[str] = CHATML_TOKENS,
 ) -> str:
     """`<think>` + blocks + `</think>` + answer, as a JSON structural tag.
@@ -64,11 +65,12 @@ def memento_structural_tag(
     `blocks` as a sequence fixes the number of blocks; a single `BlockBudget` lets
     the model write one or more blocks (`plus`). `resume_open_block` is for a prompt
     that already ends inside a block (after `<think>...<|block_start|>...`): the
-    output first finishes that block and its memento.
+    output first finishes that block and its memento. `in_think` is for a prompt that
+    already opened `<think>` (and may hold closed blocks): no second `<think>`.
     """
     excluded = [*MEMENTO_TOKENS, *extra_excluded]
     if resume_open_block is None:
-        elements: list[dict] = [_token(THINK)]
+        elements: list[dict] = [] if in_think else [_token(THINK)]
     else:
         elements = block_elements(resume_open_block, excluded)[1:]
     if isinstance(blocks, BlockBudget):

@@ -98,8 +98,8 @@ class MementoSequence:
         self._live = 0
         self._peak = 0
         for ev in self.tracker.feed_many(list(prompt_ids)):
-            # Closed blocks inside the prompt were prefilled without a Memento mask;
-            # evicting them afterwards would not be exact, so they stay visible.
+            # Without a masked prefill, later prompt tokens would attend to these
+            # blocks; evicting them afterwards would not be exact, so they stay.
             if evict_prompt_blocks:
                 self._decide(ev)
         self._observe_query(self.prompt_len - 1)
@@ -134,6 +134,15 @@ class MementoSequence:
 
     def has_due(self) -> bool:
         return bool(self._due)
+
+    def due_evictions(self) -> tuple[Eviction, ...]:
+        """Decided but still in the row: a prefill must hide them with a mask."""
+        return tuple(self._due)
+
+    @property
+    def first_due_trigger(self) -> int | None:
+        """Queries up to this position see everything (their KV equals causal KV)."""
+        return self._due[0].trigger if self._due else None
 
     @property
     def position_offset(self) -> int:

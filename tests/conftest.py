@@ -23,6 +23,8 @@ SERVERS = [
         ("--memento-config", SERVER_MEMENTO_OFF, "--disable-overlap-schedule", "--disable-radix-cache"),
         launcher="sglang",
     ),
+    # Small prefill chunks: a prompt's closed blocks span several chunks.
+    ServerSpec("chunked", ("--memento-config", SERVER_MEMENTO_ON, "--chunked-prefill-size", "16")),
 ]
 
 
@@ -69,4 +71,9 @@ def plain_server(server_pool):
 
 @pytest.fixture(params=["default", "no_overlap_no_radix"])
 def any_server(request, server_pool):
+    return server_pool.get(request.param)
+
+
+@pytest.fixture(params=["default", "no_overlap_no_radix", "chunked"])
+def masked_server(request, server_pool):
     return server_pool.get(request.param)

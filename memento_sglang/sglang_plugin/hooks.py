@@ -15,7 +15,7 @@ from sglang.srt.environ import envs
 from sglang.srt.plugins.hook_registry import HookType
 
 from memento_sglang.config import MementoConfigError
-from memento_sglang.sglang_plugin import grammar, scheduler, settings
+from memento_sglang.sglang_plugin import attention, grammar, scheduler, settings
 
 _SA = "sglang.srt.server_args.ServerArgs"
 _ENGINE = "sglang.srt.entrypoints.engine.Engine"
@@ -26,6 +26,7 @@ _REQ = "sglang.srt.managers.schedule_batch.Req"
 _FWD = "sglang.srt.model_executor.forward_batch_info.ForwardBatch"
 _RUNNER = "sglang.srt.model_executor.model_runner.ModelRunner"
 _XGRAMMAR = "sglang.srt.constrained.xgrammar_backend.XGrammarGrammarBackend"
+_TORCH_ATTN = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend"
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def install_in_scheduler(result, self, server_args, *args, **kwargs):
     self.memento_resolver = settings.make_resolver(server_args, self.tokenizer, self.model_config.vocab_size)
     if self.memento_resolver.server_spec is not None and self.enable_overlap:
         envs.SGLANG_ENABLE_DELAY_SAMPLE.set(True)
+    self.memento_masked_prefill = attention.can_mask(self.tp_worker.model_runner.attn_backend)
 
 
 def stream_memento_stats(result, self, *args, **kwargs):
@@ -115,15 +117,20 @@ def stream_memento_stats(result, self, *args, **kwargs):
 
 
 def attach_memento_state(req, self, recv_req, *args, **kwargs):
-    scheduler.attach(req, self.memento_resolver)
+    scheduler.attach(req, self.memento_resolver, masked_prefill=self.memento_masked_prefill)
 
 
 def compact_before_decode(self, *args, **kwargs):
     scheduler.compact_running_batch(self)
 
 
-def logical_positions(forward_batch, cls, batch, *args, **kwargs):
-    scheduler.offset_positions(forward_batch, batch)
+def logical_positions_and_masks(forward_batch, cls, batch, *args, **kwargs):
+    scheduler.prepare_forward(forward_batch, batch)
+
+
+def cap_cached_prefix(max_prefix_len, self, *args, **kwargs):
+    """Never reuse cached KV past the first query that must not see a prompt block."""
+    return scheduler.cap_prefix_match(self, max_prefix_len)
 
 
 def reset_after_retraction(result, self, *args, **kwargs):
@@ -151,7 +158,10 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_SCHED}.get_output_streamer_class", stream_memento_stats, H.AFTER),
     HookSpec(f"{_SCHED}._create_generation_req", attach_memento_state, H.AFTER),
     HookSpec(f"{_BATCH}.prepare_for_decode", compact_before_decode, H.BEFORE),
-    HookSpec(f"{_FWD}.init_new", logical_positions, H.AFTER),
+    HookSpec(f"{_FWD}.init_new", logical_positions_and_masks, H.AFTER),
+    HookSpec(f"{_REQ}._compute_max_prefix_len", cap_cached_prefix, H.AFTER),
+    HookSpec(f"{_TORCH_ATTN}.forward_extend", attention.with_batch_masks, H.AROUND),
+    HookSpec(f"{_TORCH_ATTN}._run_sdpa_forward_extend", attention.masked_sdpa_extend, H.AROUND),
     HookSpec(f"{_REQ}.reset_for_retract", reset_after_retraction, H.AFTER),
     HookSpec(f"{_RUNNER}.sample", enforce_block_budget, H.BEFORE),
     HookSpec(f"{_XGRAMMAR}.__init__", uncached_token_level_tags, H.AFTER),

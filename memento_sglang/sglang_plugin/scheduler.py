@@ -16,7 +16,9 @@ import torch
 
 from memento_sglang.config import MementoConfigError
 from memento_sglang.kernels.row_compaction import shift_row_left
+from memento_sglang.masks import extend_visibility
 from memento_sglang.sequence import MementoSequence
+from memento_sglang.sglang_plugin.attention import stage_masks
 from memento_sglang.tracker import Eviction
 
 logger = logging.getLogger("memento_sglang")
@@ -50,8 +52,13 @@ def synced(req: Any) -> MementoSequence | None:
 # ------------------------------------------------------------------ requests
 
 
-def attach(req: Any, resolver: Any) -> None:
-    """Give a new request its Memento state, or abort it on a bad per-request config."""
+def attach(req: Any, resolver: Any, *, masked_prefill: bool) -> None:
+    """Give a new request its Memento state, or abort it on a bad per-request config.
+
+    With a masked prefill, closed blocks inside the prompt are hidden from the
+    prompt tokens after them and compacted before the first decode step; their KV
+    then differs from a plain prefill's, so such a request stays out of the radix tree.
+    """
     try:
         spec = resolver.spec_for(req.sampling_params.custom_params)
     except MementoConfigError as exc:  # normally rejected earlier with HTTP 400
@@ -59,16 +66,26 @@ def attach(req: Any, resolver: Any) -> None:
         return
     if spec is None:
         return
-    seq = MementoSequence(spec, list(req.origin_input_ids))
+    seq = MementoSequence(spec, list(req.origin_input_ids), evict_prompt_blocks=masked_prefill)
     setattr(req, STATE, seq)
     setattr(req, OUTPUT_SEEN, 0)
+    if seq.has_due():
+        req.skip_radix_cache_insert = True
     if spec.config.debug:
         logger.info(
-            "[memento] rid=%s tracking: prompt %d tokens, %d closed blocks in the prompt (kept)",
+            "[memento] rid=%s tracking: prompt %d tokens, %d closed blocks in the prompt (%s)",
             req.rid,
             seq.prompt_len,
             len(seq.tracker.closed_blocks),
+            "masked prefill" if masked_prefill else "kept visible",
         )
+
+
+def cap_prefix_match(req: Any, max_prefix_len: int) -> int:
+    """A cached prefix is reusable only up to the first query that must not see a block."""
+    seq = sequence_of(req)
+    first = None if seq is None else seq.first_due_trigger
+    return max_prefix_len if first is None else min(max_prefix_len, first + 1)
 
 
 def on_row_released(req: Any) -> None:
@@ -150,7 +167,32 @@ def _compact_row(req: Any, seq: MementoSequence, due: list[Eviction], batch: Any
 # ----------------------------------------------------------------- positions
 
 
-def offset_positions(forward_batch: Any, batch: Any) -> None:
+def prepare_forward(forward_batch: Any, batch: Any) -> None:
+    """Logical RoPE positions, prefill masks, and the rows whose block budget applies."""
+    is_decode = forward_batch.forward_mode.is_decode()
+    stage_masks({} if is_decode else _extend_masks(forward_batch, batch))
+    _offset_positions(forward_batch, batch)
+
+
+def _extend_masks(forward_batch: Any, batch: Any) -> dict:
+    masks = {}
+    for i, req in enumerate(batch.reqs):
+        seq = sequence_of(req)
+        if seq is None or not seq.has_due():
+            continue
+        mask = extend_visibility(
+            seq.due_evictions(),
+            offset=seq.position_offset,
+            prefix_len=batch.prefix_lens[i],
+            extend_len=batch.extend_lens[i],
+            device=forward_batch.positions.device,
+        )
+        if mask is not None:
+            masks[req.rid] = mask
+    return masks
+
+
+def _offset_positions(forward_batch: Any, batch: Any) -> None:
     """RoPE positions are logical: add each request's evicted-token count."""
     reqs = batch.reqs
     offsets = [(s.position_offset if (s := sequence_of(r)) is not None else 0) for r in reqs]

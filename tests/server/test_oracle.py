@@ -6,34 +6,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from support.client import (
+    SERVER_DEFAULT,
     assert_matches_reference,
     chat_prompt,
-    expected_stats,
     memento_body,
+    opt_in,
     rule_of,
+    run_and_check,
 )
 
 pytestmark = pytest.mark.server
 
-SERVER_DEFAULT = {"keep_last_n_blocks": 0, "mask_delimiters": False}
 BLOCKS = [(9, 3), (14, 2), (6, 4), (11, 3)]
-
-
-def opt_in(memento: dict | None) -> dict:
-    """Per-request config; the second server has Memento off unless a request enables it."""
-    return {"enable": True, **(memento or {})}
-
-
-def run_and_check(server, reference, token_ids, prompt, blocks, memento=None, **kw):
-    out = server.generate(memento_body(prompt, blocks, memento=opt_in(memento), **kw))
-    output_ids = out["output_ids"]
-    rule = rule_of(memento, SERVER_DEFAULT)
-    assert_matches_reference(reference, token_ids, prompt, output_ids, rule)
-    stats = out["meta_info"]["memento"]
-    expected = expected_stats(token_ids, prompt, output_ids, rule)
-    assert {k: stats[k] for k in expected} == expected
-    assert stats["blocks_closed"] == len(blocks) + (1 if kw.get("resume_open_block") else 0)
-    return out, stats
 
 
 def test_several_blocks_evicted_and_exact(any_server, reference, tokenizer, token_ids):

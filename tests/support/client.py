@@ -26,6 +26,7 @@ def memento_body(
     memento: dict | None = None,
     max_new_tokens: int = 400,
     resume_open_block: tuple[int, int] | None = None,
+    in_think: bool = False,
     **extra,
 ) -> dict:
     """A greedy request whose output structure is forced by a structural tag."""
@@ -33,6 +34,7 @@ def memento_body(
         [BlockBudget(b, s) for b, s in blocks],
         answer_tokens=answer_tokens,
         resume_open_block=BlockBudget(*resume_open_block) if resume_open_block else None,
+        in_think=in_think,
     )
     params = {
         "temperature": 0.0,
@@ -55,7 +57,7 @@ def rule_of(memento: dict | None, server_default: dict) -> dict:
 
 def assert_matches_reference(reference, token_ids, prompt_ids, output_ids, rule) -> None:
     ids = list(prompt_ids) + list(output_ids)
-    visible = visible_matrix(ids, token_ids, prompt_len=len(prompt_ids), **rule)
+    visible = visible_matrix(ids, token_ids, **rule)  # masked prefill: prompt blocks too
     mismatches = reference.greedy_mismatches(ids, len(prompt_ids), visible)
     assert not mismatches, f"server != HF Memento reference at {mismatches[:5]} (rule {rule})"
 
@@ -64,10 +66,10 @@ def expected_stats(token_ids, prompt_ids, output_ids, rule) -> dict:
     """`meta_info["memento"]` computed from the token ids by the oracle's mask rule."""
     ids = list(prompt_ids) + list(output_ids)
     n, p = len(ids), len(prompt_ids)
-    visible = visible_matrix(ids, token_ids, prompt_len=p, **rule)
+    visible = visible_matrix(ids, token_ids, **rule)
     last_query = max(n - 2, p - 1)
     keys_seen = [sum(visible[q][: q + 1]) for q in range(p - 1, last_query + 1)]
-    spans = hidden_spans(ids, token_ids, prompt_len=p, **rule)
+    spans = hidden_spans(ids, token_ids, **rule)
     return {
         "live_kv_tokens": keys_seen[-1],
         "peak_live_kv_tokens": max(keys_seen),
@@ -75,3 +77,25 @@ def expected_stats(token_ids, prompt_ids, output_ids, rule) -> dict:
         "tokens_evicted": last_query + 1 - keys_seen[-1],
         "blocks_evicted": sum(1 for _, _, trig in spans if trig < last_query),
     }
+
+
+SERVER_DEFAULT = {"keep_last_n_blocks": 0, "mask_delimiters": False}
+
+
+def opt_in(memento: dict | None) -> dict:
+    """Per-request config; the second server has Memento off unless a request enables it."""
+    return {"enable": True, **(memento or {})}
+
+
+def run_and_check(server, reference, token_ids, prompt, blocks, memento=None, *, prompt_blocks=0, **kw):
+    """Generate with forced structure; check the HF oracle and `meta_info["memento"]`."""
+    out = server.generate(memento_body(prompt, blocks, memento=opt_in(memento), **kw))
+    output_ids = out["output_ids"]
+    rule = rule_of(memento, SERVER_DEFAULT)
+    assert_matches_reference(reference, token_ids, prompt, output_ids, rule)
+    stats = out["meta_info"]["memento"]
+    expected = expected_stats(token_ids, prompt, output_ids, rule)
+    assert {k: stats[k] for k in expected} == expected
+    resumed = 1 if kw.get("resume_open_block") else 0
+    assert stats["blocks_closed"] == prompt_blocks + len(blocks) + resumed
+    return out, stats

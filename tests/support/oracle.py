@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from support.mask_rule import visible_matrix
 
 
 @dataclass
@@ -63,8 +62,3 @@ class MementoReference:
             for t in range(prompt_len, len(ids))
             if ids[t] not in special and ids[t] != best[t - 1]
         ]
-
-
-def memento_visible(ids, token_ids, prompt_len, **rule):
-    """The visibility matrix the server must implement (issue-2 semantics)."""
-    return visible_matrix(ids, token_ids, prompt_len=prompt_len, **rule)

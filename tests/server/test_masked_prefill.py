@@ -1,0 +1,56 @@
+"""Prompts that already hold closed blocks: masked prefill, then compaction (exact)."""
+
+from __future__ import annotations
+
+import pytest
+from support.client import chat_prompt, memento_body, opt_in, run_and_check
+
+pytestmark = pytest.mark.server
+
+WORDS = [
+    "we", "add", "the", "numbers", "then", "check", "the",
+    "sum", "and", "the", "product", "of", "the", "primes",
+]  # fmt: skip
+
+
+def prompt_with_closed_blocks(tokenizer, token_ids, n_closed: int) -> list[int]:
+    ids = chat_prompt(tokenizer, "Continue the reasoning.")
+    ids.append(tokenizer.convert_tokens_to_ids("<think>"))
+    for i in range(n_closed):
+        block = " ".join(WORDS[i : i + 4 + i % 3])
+        memento = " ".join(WORDS[-2 - i % 2 :])
+        ids += [token_ids.block_start, *tokenizer.encode(block, add_special_tokens=False)]
+        ids += [token_ids.block_end, token_ids.summary_start]
+        ids += [*tokenizer.encode(memento, add_special_tokens=False), token_ids.summary_end]
+    return ids
+
+
+@pytest.mark.parametrize("n_closed", [0, 1, 3, 5])
+@pytest.mark.parametrize(
+    "memento",
+    [{}, {"mask_delimiters": True}, {"keep_last_n_blocks": 2}],
+    ids=["content", "delims", "keep2"],
+)
+def test_prompt_with_closed_blocks(masked_server, reference, tokenizer, token_ids, n_closed, memento):
+    prompt = prompt_with_closed_blocks(tokenizer, token_ids, n_closed)
+    _, stats = run_and_check(
+        masked_server, reference, token_ids, prompt, [(6, 2), (5, 2)], memento,
+        prompt_blocks=n_closed, in_think=True,
+    )  # fmt: skip
+    keep = memento.get("keep_last_n_blocks", 0)
+    assert stats["blocks_evicted"] == max(0, n_closed + 2 - keep)
+    if n_closed and keep == 0:  # the prompt's own blocks left the KV too
+        assert stats["tokens_evicted"] > 5 + 6 * (n_closed - 1)
+
+
+def test_resume_equals_uninterrupted(masked_server, tokenizer, token_ids):
+    prompt = chat_prompt(tokenizer, "Resume me later")
+    blocks = [(8, 2), (6, 3), (7, 2), (5, 2)]
+    full = masked_server.generate(memento_body(prompt, blocks, memento=opt_in({})))["output_ids"]
+    closes = [i for i, t in enumerate(full) if t == token_ids.summary_end]
+    for n_done in (1, 2, 3):
+        cut = closes[n_done - 1] + 1
+        body = memento_body(prompt + full[:cut], blocks[n_done:], memento=opt_in({}), in_think=True)
+        resumed = masked_server.generate(body)
+        assert resumed["output_ids"] == full[cut:], f"resume after {n_done} mementos diverged"
+        assert resumed["meta_info"]["memento"]["blocks_closed"] == len(blocks)
