@@ -25,6 +25,9 @@ SERVERS = [
     ),
     # Small prefill chunks: a prompt's closed blocks span several chunks.
     ServerSpec("chunked", ("--memento-config", SERVER_MEMENTO_ON, "--chunked-prefill-size", "16")),
+    # SGLang's own retraction test mode: every third decode step retracts a request,
+    # which comes back through a (masked) re-prefill and re-compaction.
+    ServerSpec("retract", ("--memento-config", SERVER_MEMENTO_ON), env=(("SGLANG_TEST_RETRACT", "1"),)),
 ]
 
 
@@ -77,3 +80,8 @@ def any_server(request, server_pool):
 @pytest.fixture(params=["default", "no_overlap_no_radix", "chunked"])
 def masked_server(request, server_pool):
     return server_pool.get(request.param)
+
+
+@pytest.fixture(scope="session")
+def retract_server(server_pool):
+    return server_pool.get("retract")

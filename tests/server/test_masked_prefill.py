@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
-from support.client import chat_prompt, memento_body, opt_in, run_and_check
+from support.client import (
+    SERVER_DEFAULT,
+    assert_matches_reference,
+    chat_prompt,
+    memento_body,
+    opt_in,
+    run_and_check,
+)
 
 pytestmark = pytest.mark.server
 
@@ -54,3 +63,23 @@ def test_resume_equals_uninterrupted(masked_server, tokenizer, token_ids):
         resumed = masked_server.generate(body)
         assert resumed["output_ids"] == full[cut:], f"resume after {n_done} mementos diverged"
         assert resumed["meta_info"]["memento"]["blocks_closed"] == len(blocks)
+
+
+def test_retraction_is_exact(retract_server, default_server, reference, tokenizer, token_ids):
+    """Retracted requests re-prefill prompt + output through the mask and compact again."""
+    prompts = [chat_prompt(tokenizer, "Retract" + " seven" * i) for i in range(3)]
+    prompts.append(prompt_with_closed_blocks(tokenizer, token_ids, 2))
+    bodies = [
+        memento_body(p, [(12, 3)] * 3, memento=opt_in({}), in_think=i == 3) for i, p in enumerate(prompts)
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        outs = list(pool.map(retract_server.generate, bodies))
+    retractions = [
+        line for line in retract_server.log_text().splitlines()
+        if "Testing retraction. #retracted_reqs:" in line and "#retracted_reqs: 0" not in line
+    ]  # fmt: skip
+    assert retractions, "SGLang retracted nothing; the test would prove nothing"
+    for prompt, body, out in zip(prompts, bodies, outs, strict=True):
+        assert_matches_reference(reference, token_ids, prompt, out["output_ids"], SERVER_DEFAULT)
+        assert out["output_ids"] == default_server.generate(body)["output_ids"]  # == roomy, unretracted
+    retract_server.assert_healthy()

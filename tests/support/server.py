@@ -42,6 +42,7 @@ class ServerSpec:
     #: "sglang" = stock python -m sglang.launch_server with the plugin from the entry point.
     launcher: str = "memento"
     max_total_tokens: int = 20000
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -72,6 +73,7 @@ class ServerProcess:
     def start(self) -> None:
         env = cpu_environment() if self.spec.launcher == "sglang" else dict(os.environ)
         env.update(STRICT_MEMORY_ENV)
+        env.update(dict(self.spec.env))
         workdir = Path(tempfile.mkdtemp(prefix=f"memento-{self.spec.name}-"))
         self.log_path = workdir / "server.log"
         log = self.log_path.open("w")
