@@ -36,10 +36,12 @@ def extend_visibility(
     if not affected:
         return None
     rows = torch.arange(first_query, last_query + 1, device=device)
-    cols = torch.arange(kv_len, device=device) + offset
-    allow = cols[None, :] <= rows[:, None]
+    # Spans are disjoint: each column is hidden after at most one trigger. One
+    # broadcast comparison then builds the whole mask (no per-span [q, kv] passes).
+    hidden_after = torch.full((kv_len,), last_query + 1, dtype=torch.long, device=device)
     for ev in affected:
-        in_span = (cols >= ev.start) & (cols < ev.end)
-        after = rows > ev.trigger
-        allow &= ~(after[:, None] & in_span[None, :])
-    return allow
+        lo, hi = max(ev.start - offset, 0), min(ev.end - offset, kv_len)
+        if lo < hi:
+            hidden_after[lo:hi] = ev.trigger
+    cols = torch.arange(kv_len, device=device) + offset
+    return (cols[None, :] <= rows[:, None]) & (rows[:, None] <= hidden_after[None, :])

@@ -26,6 +26,7 @@ def stage_masks(masks_by_rid: dict[str, torch.Tensor]) -> None:
     """Called for every forward batch (empty when none of its requests needs a mask)."""
     global _staged
     _staged = masks_by_rid
+    _bias_cache.clear()
 
 
 def with_batch_masks(original, backend, q, k, v, layer, forward_batch, *args, **kwargs):
@@ -62,13 +63,39 @@ def masked_sdpa_extend(original, backend, query, output, k_cache, v_cache, req_t
         if allow is None:
             cols = torch.arange(kv_len, device=q.device)
             allow = cols[None, :] <= (prefix + torch.arange(q_len, device=q.device))[:, None]
-        out = scaled_dot_product_attention(
-            q[None], k[None], v[None], attn_mask=allow,
-            scale=kwargs.get("scaling"), enable_gqa=kwargs.get("enable_gqa", False),
-        )  # fmt: skip
-        output[start : start + q_len] = out[0].movedim(0, 1)
+        out = output[start : start + q_len].movedim(0, 1)  # [heads, q_len, dim] view
+        _attend_in_row_chunks(q, k, v, _additive(allow, q.dtype), prefix, out, **kwargs)
         start += q_len
     return output
+
+
+def _attend_in_row_chunks(q, k, v, bias, prefix, out, *, scaling=None, enable_gqa=False, **_):
+    """Causal structure: row chunk [r0, r1) only needs keys [0, prefix + r1)."""
+    for r0 in range(0, q.shape[1], _ROW_CHUNK):
+        r1 = min(r0 + _ROW_CHUNK, q.shape[1])
+        kv_hi = prefix + r1
+        out[:, r0:r1] = scaled_dot_product_attention(
+            q[None, :, r0:r1], k[None, :, :kv_hi], v[None, :, :kv_hi],
+            attn_mask=bias[r0:r1, :kv_hi], scale=scaling, enable_gqa=enable_gqa,
+        )[0]  # fmt: skip
+
+
+_ROW_CHUNK = 512
+_bias_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _additive(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float mask (0 / -inf), built once per staged mask and reused by every layer.
+
+    SDPA converts a boolean mask on every call; with one conversion per forward the
+    per-layer cost is the attention alone.
+    """
+    cached = _bias_cache.get(id(allow))
+    if cached is not None and cached[0] is allow and cached[1].dtype == dtype:
+        return cached[1]
+    bias = torch.zeros(allow.shape, dtype=dtype, device=allow.device).masked_fill_(~allow, float("-inf"))
+    _bias_cache[id(allow)] = (allow, bias)  # emptied when the next forward stages its masks
+    return bias
 
 
 def can_mask(attn_backend: Any) -> bool:

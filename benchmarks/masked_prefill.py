@@ -1,0 +1,118 @@
+"""Masked vs unmasked prefill throughput for prompts that contain closed blocks.
+
+One server (CPU defaults without a GPU, radix cache off so every prefill is real).
+The same prompts are prefilled with Memento on (masked prefill, then compaction)
+and off (plain causal prefill) in the same run; the ratio is masked / unmasked.
+
+    python benchmarks/masked_prefill.py --sizes 1024 2048 3968 --blocks 4 8 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.server import ServerProcess, ServerSpec  # noqa: E402
+
+from memento_sglang.models.tiny import tiny_model_path  # noqa: E402
+
+
+def build_prompt(tokenizer, size: int, n_blocks: int) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Benchmark"}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    ids = list(ids) + tokenizer.convert_tokens_to_ids(["<think>"])
+    bs, be, ss, se = tokenizer.convert_tokens_to_ids(
+        ["<|block_start|>", "<|block_end|>", "<|summary_start|>", "<|summary_end|>"]
+    )
+    filler = tokenizer.encode(" we add the numbers and check the sum", add_special_tokens=False)
+    per_block = (size - len(ids) - 8) // n_blocks
+    memento_len = max(2, per_block // 6)
+    content_len = per_block - memento_len - 4
+    for _ in range(n_blocks):
+        content = (filler * (content_len // len(filler) + 1))[:content_len]
+        memento = (filler * (memento_len // len(filler) + 1))[:memento_len]
+        ids += [bs, *content, be, ss, *memento, se]
+    return ids[:size]
+
+
+def time_prefill(url: str, ids: list[int], memento: bool, repeats: int) -> float:
+    body = {
+        "input_ids": ids,
+        "sampling_params": {
+            "temperature": 0.0,
+            "max_new_tokens": 1,
+            "custom_params": {"memento": {"enable": memento}},
+        },
+    }
+    requests.post(url + "/generate", json=body, timeout=600).raise_for_status()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        requests.post(url + "/generate", json=body, timeout=600).raise_for_status()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 3968])
+    parser.add_argument("--blocks", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/masked_prefill.json"))
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    model = tiny_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    config = json.dumps({"mask_delimiters": False})
+    server = ServerProcess(
+        ServerSpec("bench", ("--memento-config", config, "--disable-radix-cache"), max_total_tokens=40000),
+        model,
+    )
+    server.start()
+    rows = []
+    try:
+        server.wait_ready()
+        for size in tqdm(args.sizes, desc="prompt sizes"):
+            for n_blocks in args.blocks:
+                ids = build_prompt(tokenizer, size, n_blocks)
+                masked = time_prefill(server.url, ids, True, args.repeats)
+                plain = time_prefill(server.url, ids, False, args.repeats)
+                rows.append(
+                    {
+                        "prompt_tokens": len(ids),
+                        "closed_blocks": n_blocks,
+                        "masked_tok_s": len(ids) / masked,
+                        "unmasked_tok_s": len(ids) / plain,
+                        "ratio": plain / masked,
+                    }
+                )
+    finally:
+        server.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": "cpu", "rows": rows}, indent=2))
+    print(f"{'tokens':>7} {'blocks':>6} {'masked tok/s':>13} {'unmasked tok/s':>15} {'ratio':>6}")
+    for r in rows:
+        print(
+            f"{r['prompt_tokens']:>7} {r['closed_blocks']:>6} {r['masked_tok_s']:>13.0f}"
+            f" {r['unmasked_tok_s']:>15.0f} {r['ratio']:>6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
