@@ -35,10 +35,6 @@ class HookSpec:
     fn: Callable[..., Any]
     kind: HookType
 
-    @property
-    def name(self) -> str:
-        return self.fn.__name__
-
 
 # ------------------------------------------------- launcher / Engine process
 
