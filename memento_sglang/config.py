@@ -153,10 +153,6 @@ class MementoSpec:
     config: MementoConfig
     ids: MementoTokenIds
 
-    @property
-    def enabled(self) -> bool:
-        return self.config.enable
-
 
 def _describe(exc: ValidationError) -> str:
     parts = []

@@ -48,10 +48,6 @@ class EvictionMap:
         self._spans: list[tuple[int, int]] = []  # applied logical [start, end), sorted
         self.evicted_tokens = 0
 
-    @property
-    def spans(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self._spans)
-
     def evicted_before(self, logical: int) -> int:
         total = 0
         for start, end in self._spans:
