@@ -63,7 +63,8 @@ class EvictionMap:
         """Record `[start, end)` as evicted; return its physical range before removal."""
         if self._spans and start < self._spans[-1][1]:
             raise ValueError(f"span [{start}, {end}) overlaps or precedes {self._spans[-1]}")
-        physical = (self.to_physical(start), self.to_physical(start) + end - start)
+        first = self.to_physical(start)
+        physical = (first, first + end - start)
         self._spans.append((start, end))
         self.evicted_tokens += end - start
         return physical

@@ -20,6 +20,9 @@ _ACTIVE = "_memento_active_masks"  # backend attribute during one forward_extend
 # `ForwardBatch.init_new` and that batch's forward run back to back in the
 # scheduler thread, so the masks are staged at init_new and read by `rids`.
 _staged: dict[str, torch.Tensor] = {}
+# Float masks derived from the staged ones, per forward (see `_additive`).
+_bias_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+_ROW_CHUNK = 512  # query rows per SDPA call in the masked path
 
 
 def stage_masks(masks_by_rid: dict[str, torch.Tensor]) -> None:
@@ -78,10 +81,6 @@ def _attend_in_row_chunks(q, k, v, bias, prefix, out, *, scaling=None, enable_gq
             q[None, :, r0:r1], k[None, :, :kv_hi], v[None, :, :kv_hi],
             attn_mask=bias[r0:r1, :kv_hi], scale=scaling, enable_gqa=enable_gqa,
         )[0]  # fmt: skip
-
-
-_ROW_CHUNK = 512
-_bias_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _additive(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
