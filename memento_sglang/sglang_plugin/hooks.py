@@ -156,7 +156,7 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_BATCH}.prepare_for_decode", compact_before_decode, H.BEFORE),
     HookSpec(f"{_FWD}.init_new", logical_positions_and_masks, H.AFTER),
     HookSpec(f"{_REQ}._compute_max_prefix_len", cap_cached_prefix, H.AFTER),
-    HookSpec(f"{_TORCH_ATTN}.forward_extend", attention.with_batch_masks, H.AROUND),
+    HookSpec(f"{_TORCH_ATTN}.forward_extend", attention.with_batch_plans, H.AROUND),
     HookSpec(f"{_TORCH_ATTN}._run_sdpa_forward_extend", attention.masked_sdpa_extend, H.AROUND),
     HookSpec(f"{_REQ}.reset_for_retract", reset_after_retraction, H.AFTER),
     HookSpec(f"{_RUNNER}.sample", enforce_block_budget, H.BEFORE),

@@ -16,9 +16,9 @@ import torch
 
 from memento_sglang.config import MementoConfigError
 from memento_sglang.kernels.row_compaction import shift_row_left
-from memento_sglang.masks import extend_visibility
+from memento_sglang.masks import extend_segments
 from memento_sglang.sequence import MementoSequence
-from memento_sglang.sglang_plugin.attention import stage_masks
+from memento_sglang.sglang_plugin.attention import stage_plans
 from memento_sglang.tracker import Eviction
 
 logger = logging.getLogger("memento_sglang")
@@ -170,26 +170,25 @@ def _compact_row(req: Any, seq: MementoSequence, due: list[Eviction], batch: Any
 def prepare_forward(forward_batch: Any, batch: Any) -> None:
     """Logical RoPE positions, prefill masks, and the rows whose block budget applies."""
     is_decode = forward_batch.forward_mode.is_decode()
-    stage_masks({} if is_decode else _extend_masks(forward_batch, batch))
+    stage_plans({} if is_decode else _extend_plans(batch))
     _offset_positions(forward_batch, batch)
 
 
-def _extend_masks(forward_batch: Any, batch: Any) -> dict:
-    masks = {}
+def _extend_plans(batch: Any) -> dict:
+    plans = {}
     for i, req in enumerate(batch.reqs):
         seq = sequence_of(req)
         if seq is None or not seq.has_due():
             continue
-        mask = extend_visibility(
+        plan = extend_segments(
             seq.due_evictions(),
             offset=seq.position_offset,
             prefix_len=batch.prefix_lens[i],
             extend_len=batch.extend_lens[i],
-            device=forward_batch.positions.device,
         )
-        if mask is not None:
-            masks[req.rid] = mask
-    return masks
+        if plan is not None:
+            plans[req.rid] = plan
+    return plans
 
 
 def _offset_positions(forward_batch: Any, batch: Any) -> None:
