@@ -40,7 +40,8 @@ def segmented_attention(
         r0, r1 = seg.row_start, seg.row_end
         n, p0, p1 = r1 - r0, prefix_len + r0, prefix_len + r1
         qs = q[:, r0:r1]
-        diag_out, diag_lse = _attend(qs, _expand(k[:, p0:p1], group), _expand(v[:, p0:p1], group), True, scale)
+        diag_k, diag_v = _expand(k[:, p0:p1], group), _expand(v[:, p0:p1], group)
+        diag_out, diag_lse = _attend(qs, diag_k, diag_v, True, scale)
         pieces = _visible_past(p0, seg.hidden)
         if not pieces:
             out[:, r0:r1] = diag_out

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from memento_sglang.kernels.segmented_attention import segmented_attention
 from memento_sglang.masks import ExtendSegment
 
