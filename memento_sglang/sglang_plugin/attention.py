@@ -73,6 +73,12 @@ def masked_sdpa_extend(original, backend, query, output, k_cache, v_cache, req_t
 
 
 def can_mask(attn_backend: Any) -> bool:
+    """Whether this model runner's prefill backend applies Memento masks."""
+    from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
+    from sglang.srt.layers.attention.hybrid_attn_backend import HybridAttnBackend
     from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+    from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 
-    return isinstance(attn_backend, TorchNativeAttnBackend)
+    if isinstance(attn_backend, HybridAttnBackend):
+        attn_backend = attn_backend.prefill_backend
+    return type(attn_backend) in (TorchNativeAttnBackend, FlashInferAttnBackend, TritonAttnBackend)

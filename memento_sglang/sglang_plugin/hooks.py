@@ -15,7 +15,7 @@ from sglang.srt.environ import envs
 from sglang.srt.plugins.hook_registry import HookType
 
 from memento_sglang.config import MementoConfigError
-from memento_sglang.sglang_plugin import attention, grammar, scheduler, settings
+from memento_sglang.sglang_plugin import attention, gpu_attention, grammar, scheduler, settings
 
 _SA = "sglang.srt.server_args.ServerArgs"
 _ENGINE = "sglang.srt.entrypoints.engine.Engine"
@@ -27,6 +27,9 @@ _FWD = "sglang.srt.model_executor.forward_batch_info.ForwardBatch"
 _RUNNER = "sglang.srt.model_executor.model_runner.ModelRunner"
 _XGRAMMAR = "sglang.srt.constrained.xgrammar_backend.XGrammarGrammarBackend"
 _TORCH_ATTN = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend"
+_FLASHINFER = "sglang.srt.layers.attention.flashinfer_backend"
+_TRITON_ATTN = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
+_BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend")
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,16 @@ def add_memento_config_flag(original, parser):
     settings.add_flag(parser)
 
 
-def carry_memento_config_from_cli(server_args, cls, args):
-    """The parsed flag rides on the ServerArgs record into every child process."""
-    settings.attach(server_args, getattr(args, "memento_config", None))
+def configure_from_cli(original, cls, args):
+    """A masking prefill backend is chosen before SGLang resolves its defaults; the
+    parsed flag then rides on the ServerArgs record into every child process."""
+    raw = getattr(args, "memento_config", None)
+    backends = {name: getattr(args, name, None) for name in _BACKEND_FIELDS}
+    for name, value in settings.masking_backend_choice(raw, backends, args.device).items():
+        setattr(args, name, value)
+    server_args = original(cls, args)
+    settings.attach(server_args, raw)
+    return server_args
 
 
 def take_engine_memento_config(self, *args, **kwargs):
@@ -61,6 +71,8 @@ def take_engine_memento_config(self, *args, **kwargs):
         return None
     if "server_args" not in kwargs:
         kwargs.setdefault("log_level", "error")
+        backends = {name: kwargs.get(name) for name in _BACKEND_FIELDS}
+        kwargs.update(settings.masking_backend_choice(raw, backends, kwargs.get("device")))
         kwargs = {"server_args": self.server_args_class(**kwargs)}
     settings.attach(kwargs["server_args"], raw)
     return (self, *args), kwargs
@@ -145,7 +157,7 @@ def uncached_token_level_tags(result, self, *args, **kwargs):
 H = HookType
 HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_SA}.add_cli_args", add_memento_config_flag, H.AROUND),
-    HookSpec(f"{_SA}.from_cli_args", carry_memento_config_from_cli, H.AFTER),
+    HookSpec(f"{_SA}.from_cli_args", configure_from_cli, H.AROUND),
     HookSpec(f"{_ENGINE}.__init__", take_engine_memento_config, H.BEFORE),
     HookSpec(f"{_TM}.__init__", validate_server_config_at_startup, H.AFTER),
     HookSpec(f"{_TM}._create_tokenized_object", reject_bad_request_config, H.AFTER),
@@ -158,6 +170,18 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_REQ}._compute_max_prefix_len", cap_cached_prefix, H.AFTER),
     HookSpec(f"{_TORCH_ATTN}.forward_extend", attention.with_batch_plans, H.AROUND),
     HookSpec(f"{_TORCH_ATTN}._run_sdpa_forward_extend", attention.masked_sdpa_extend, H.AROUND),
+    HookSpec(
+        f"{_FLASHINFER}.FlashInferAttnBackend.init_forward_metadata",
+        gpu_attention.flashinfer_plan_with_mask,
+        H.AROUND,
+    ),  # fmt: skip
+    HookSpec(
+        f"{_FLASHINFER}.FlashInferIndicesUpdaterPrefill.call_begin_forward",
+        gpu_attention.flashinfer_pass_mask,
+        H.AROUND,
+    ),  # fmt: skip
+    HookSpec(f"{_TRITON_ATTN}.init_forward_metadata", gpu_attention.triton_metadata_with_mask, H.AROUND),
+    HookSpec(f"{_TRITON_ATTN}._forward_extend_kernel", gpu_attention.triton_mask_prefix_too, H.AROUND),
     HookSpec(f"{_REQ}.reset_for_retract", reset_after_retraction, H.AFTER),
     HookSpec(f"{_RUNNER}.sample", enforce_block_budget, H.BEFORE),
     HookSpec(f"{_XGRAMMAR}.__init__", uncached_token_level_tags, H.AFTER),

@@ -13,10 +13,22 @@ from typing import Any
 from sglang.srt.environ import envs
 
 from memento_sglang.config import MementoConfig, MementoConfigError
+from memento_sglang.cpu import gpu_available
 from memento_sglang.resolver import ConfigResolver, server_config_text, tokenizer_vocab
 
 ATTRIBUTE = "_memento_config"
 FLAG = "--memento-config"
+
+# Prefill backends that apply a Memento mask (see attention.py, gpu_attention.py).
+MASKING_BACKENDS = ("flashinfer", "triton", "torch_native")
+GPU_DEFAULT_BACKEND = "flashinfer"
+
+
+class MementoStartupError(SystemExit):
+    """A server configuration Memento cannot serve; stops the launch with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"memento-sglang: {reason}")
 
 
 def parse_flag(text: str) -> str:
@@ -43,6 +55,30 @@ def attach(server_args: Any, raw: str | dict | MementoConfig | None) -> None:
         return
     config = MementoConfig.parse(raw)
     setattr(server_args, ATTRIBUTE, config.model_dump_json(exclude_unset=True))  # bookkeeping name: allowed
+
+
+def masking_backend_choice(raw_config: str | None, backends: dict[str, str | None],
+                           device: str | None) -> dict[str, str]:  # fmt: skip
+    """The attention-backend settings to add before SGLang resolves its defaults.
+
+    `backends` holds the user's `attention_backend` and `prefill_attention_backend`.
+    With Memento on server-wide, prefill must run on a backend that masks: on a GPU
+    an unset backend becomes FlashInfer (SGLang's own default there, fa3 on Hopper,
+    has no custom mask), and a forced one that cannot mask stops the launch.
+    """
+    if not MementoConfig.parse(server_config_text(raw_config)).enable:
+        return {}
+    prefill = backends.get("prefill_attention_backend") or backends.get("attention_backend")
+    if prefill is None:
+        on_gpu = device in (None, "cuda") and gpu_available()
+        return {"attention_backend": GPU_DEFAULT_BACKEND} if on_gpu else {}
+    if prefill not in MASKING_BACKENDS:
+        raise MementoStartupError(
+            f"the {prefill!r} attention backend has no custom attention mask, which Memento's "
+            f"masked prefill needs; use one of {', '.join(MASKING_BACKENDS)} for prefill "
+            f"(--attention-backend or --prefill-attention-backend), or leave it unset"
+        )
+    return {}
 
 
 def server_config(server_args: Any) -> MementoConfig:

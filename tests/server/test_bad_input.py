@@ -61,3 +61,15 @@ def test_token_missing_from_vocabulary_stops_startup(model_path):
         pytest.fail("server with an unknown delimiter token kept running")
     assert server.proc.returncode != 0
     assert "block_start_token='<|not_here|>' is not a single token" in server.log_text()
+
+
+def test_backend_without_custom_mask_stops_startup(model_path, tmp_path):
+    """fa3 (SGLang's Hopper default) cannot mask a prefill: refused before any model load."""
+    cmd = [
+        sys.executable, "-m", "memento_sglang.launch_server", "--model-path", str(model_path),
+        "--attention-backend", "fa3",
+        "--memento-config", json.dumps({"enable": True, "mask_delimiters": False}),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "the 'fa3' attention backend has no custom attention mask" in done.stderr

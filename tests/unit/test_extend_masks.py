@@ -54,10 +54,15 @@ def test_flat_layout_is_each_dense_mask_row_major(batch):
 
 
 def test_triton_extend_kernel_with_memento_mask_under_interpreter():
-    """SGLang's own Triton extend kernel, our flat mask, CPU interpreter: equals masked SDPA."""
-    script = Path(__file__).with_name("triton_extend_case.py")
+    """SGLang's own Triton extend kernel, our flat mask, CPU interpreter: equals masked SDPA.
+
+    Also shows the prefix columns need the mask: SGLang's default skips it there.
+    """
+    tests_dir = Path(__file__).resolve().parents[1]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    cmd = [sys.executable, "-m", "support.triton_case"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tests_dir, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    err = float(re.search(r"max_abs_err=(\S+)", done.stdout).group(1))
-    assert err < 1e-5
+    found = re.search(r"max_abs_err=(\S+) without_prefix_mask=(\S+)", done.stdout)
+    assert float(found.group(1)) < 1e-5
+    assert float(found.group(2)) > 1e-2

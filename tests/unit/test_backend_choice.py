@@ -1,0 +1,41 @@
+"""Which prefill attention backend a Memento server gets, before SGLang picks one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memento_sglang.sglang_plugin import settings
+
+ON = json.dumps({"enable": True, "mask_delimiters": False})
+
+
+def test_memento_off_leaves_the_choice_to_sglang(monkeypatch):
+    monkeypatch.delenv("MEMENTO_SGLANG_CONFIG", raising=False)
+    assert settings.masking_backend_choice(None, {"attention_backend": "fa3"}, "cuda") == {}
+
+
+@pytest.mark.parametrize("field", ["attention_backend", "prefill_attention_backend"])
+@pytest.mark.parametrize("backend", ["fa3", "trtllm_mha", "flex_attention"])
+def test_forced_backend_without_masks_is_refused(field, backend):
+    with pytest.raises(settings.MementoStartupError, match=f"'{backend}' attention backend"):
+        settings.masking_backend_choice(ON, {field: backend}, "cuda")
+
+
+@pytest.mark.parametrize("backend", settings.MASKING_BACKENDS)
+def test_masking_backends_are_kept(backend):
+    assert settings.masking_backend_choice(ON, {"attention_backend": backend}, None) == {}
+
+
+def test_prefill_backend_decides_over_the_general_one():
+    choice = {"attention_backend": "fa3", "prefill_attention_backend": "flashinfer"}
+    assert settings.masking_backend_choice(ON, choice, "cuda") == {}
+
+
+def test_unset_backend_on_gpu_becomes_flashinfer(monkeypatch):
+    monkeypatch.setattr(settings, "gpu_available", lambda: True)
+    assert settings.masking_backend_choice(ON, {}, None) == {"attention_backend": "flashinfer"}
+    monkeypatch.setattr(settings, "gpu_available", lambda: False)
+    assert settings.masking_backend_choice(ON, {}, None) == {}
+    assert settings.masking_backend_choice(ON, {}, "cpu") == {}
