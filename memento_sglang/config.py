@@ -45,6 +45,7 @@ class MementoConfig(BaseModel):
     require_assistant_section: bool = True
     keep_last_block_for_answer: bool = False
     max_block_tokens: int = Field(default=0, ge=0)
+    restart_mode: bool = False
     debug: bool = False
 
     block_start_token: TokenRef = "<|block_start|>"
@@ -64,6 +65,11 @@ class MementoConfig(BaseModel):
             )
         if self.keep_last_block_for_answer and self.keep_last_n_blocks != 0:
             raise ValueError("keep_last_block_for_answer only applies with keep_last_n_blocks=0")
+        if self.restart_mode and (self.keep_last_n_blocks != 0 or self.keep_last_block_for_answer):
+            raise ValueError(
+                "restart_mode recomputes each memento as its block leaves; it needs "
+                "keep_last_n_blocks=0 and no keep_last_block_for_answer"
+            )
         return self
 
     # ------------------------------------------------------------------ parsing

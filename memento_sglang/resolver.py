@@ -39,12 +39,14 @@ class ConfigResolver:
         *,
         unsupported_reason: str | None = None,
         block_budget_unsupported_reason: str | None = None,
+        restart_unsupported_reason: str | None = None,
     ) -> None:
         self.server_config = server_config
         self._vocab = dict(vocab)
         self._vocab_size = vocab_size
         self.unsupported_reason = unsupported_reason
         self.block_budget_unsupported_reason = block_budget_unsupported_reason
+        self.restart_unsupported_reason = restart_unsupported_reason
         self._resolve_json = lru_cache(maxsize=256)(self._resolve_uncached)
         if server_config.enable:
             if unsupported_reason:
@@ -77,6 +79,8 @@ class ConfigResolver:
             raise MementoConfigError(
                 f"max_block_tokens is not available here: {self.block_budget_unsupported_reason}"
             )
+        if config.restart_mode and self.restart_unsupported_reason:
+            raise MementoConfigError(f"restart_mode is not available here: {self.restart_unsupported_reason}")
         return config.resolve(self._vocab, self._vocab_size)
 
 

@@ -91,6 +91,7 @@ class MementoSequence:
         self._decided: list[Eviction] = []  # enacted decisions, in trigger order
         self._due: deque[Eviction] = deque()  # decided, not applied to the row yet
         self._seen_by_stats = 0  # decisions counted into the last query's view
+        self._prefilled_len = self.prompt_len  # tokens whose KV came from a masked prefill
         self._hidden_tokens = 0
         self._live = 0
         self._peak = 0
@@ -146,10 +147,19 @@ class MementoSequence:
         """Logical minus physical index of every token appended from now on."""
         return self.map.evicted_tokens
 
+    def needs_restart(self) -> bool:
+        """`restart_mode`: a memento closed after the last prefill, so its KV (computed
+        while its block was visible) must be recomputed by a re-prefill."""
+        return any(ev.block.summary_end >= self._prefilled_len for ev in self._due)
+
     def on_row_released(self) -> None:
-        """The row was freed without finishing (retraction): re-apply after re-prefill."""
+        """The row was freed without finishing (retraction): re-apply after re-prefill.
+
+        The re-prefill covers every token seen so far, under the masks.
+        """
         self.map.clear()
         self._due = deque(self._decided)  # `_due` is always a suffix of `_decided`
+        self._prefilled_len = self.total_len
 
     # -------------------------------------------------------------------- stats
 

@@ -223,6 +223,10 @@ class BlockTracker:
         self._deferred = None
 
     def _evict(self, block: ClosedBlock, trigger: int) -> Eviction:
+        if self._cfg.restart_mode:
+            # The paper's restart ablation: the memento's own KV is recomputed without
+            # the block (delimiters included), so it is hidden from the memento on.
+            return Eviction(block, block.block_start, block.block_end + 1, block.summary_start - 1)
         if self._cfg.mask_delimiters:
             start, end = block.block_start, block.block_end + 1
         else:

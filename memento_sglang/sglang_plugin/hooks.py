@@ -128,6 +128,11 @@ def attach_memento_state(req, self, recv_req, *args, **kwargs):
     scheduler.attach(req, self.memento_resolver, masked_prefill=self.memento_masked_prefill)
 
 
+def restart_closed_mementos(self, batch, *args, **kwargs):
+    """`restart_mode`: a request whose memento just closed re-prefills instead of decoding."""
+    scheduler.retract_for_restart(self, batch)
+
+
 def compact_before_decode(self, *args, **kwargs):
     scheduler.compact_running_batch(self)
 
@@ -165,6 +170,7 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_SCHED}.__init__", install_in_scheduler, H.AFTER),
     HookSpec(f"{_SCHED}.get_output_streamer_class", stream_memento_stats, H.AFTER),
     HookSpec(f"{_SCHED}._create_generation_req", attach_memento_state, H.AFTER),
+    HookSpec(f"{_SCHED}.update_running_batch", restart_closed_mementos, H.BEFORE),
     HookSpec(f"{_BATCH}.prepare_for_decode", compact_before_decode, H.BEFORE),
     HookSpec(f"{_FWD}.init_new", logical_positions_and_masks, H.AFTER),
     HookSpec(f"{_REQ}._compute_max_prefix_len", cap_cached_prefix, H.AFTER),

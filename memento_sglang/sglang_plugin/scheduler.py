@@ -89,9 +89,32 @@ def cap_prefix_match(req: Any, max_prefix_len: int) -> int:
 
 
 def on_row_released(req: Any) -> None:
-    seq = sequence_of(req)
+    seq = synced(req)
     if seq is not None:
         seq.on_row_released()
+
+
+def retract_for_restart(scheduler: Any, batch: Any) -> None:
+    """`restart_mode`: send requests whose memento just closed back to prefill.
+
+    SGLang's own retraction frees the row (a result still in flight for it is
+    dropped) and queues the request; its re-prefill recomputes every memento with
+    its block masked, and the blocks are then compacted as usual.
+    """
+    restart = [
+        i for i, req in enumerate(batch.reqs)
+        if not req.finished() and (seq := synced(req)) is not None and seq.needs_restart()
+    ]  # fmt: skip
+    if not restart:
+        return
+    reqs = [batch.reqs[i] for i in restart]
+    for n, i in enumerate(restart):
+        batch.release_req(i, len(batch.reqs) - n - 1, offload_kv=False)
+    batch.filter_batch(reqs_to_exclude=reqs)
+    for req in reqs:
+        if sequence_of(req).spec.config.debug:
+            logger.info("[memento] rid=%s restart: re-prefill with the closed block masked", req.rid)
+        scheduler._add_request_to_queue(req, is_retracted=True)
 
 
 # ---------------------------------------------------------------- compaction

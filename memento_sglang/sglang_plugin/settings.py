@@ -118,10 +118,15 @@ def make_resolver(server_args: Any, tokenizer: Any, vocab_size: int) -> ConfigRe
             "server-wide (--memento-config), set SGLANG_ENABLE_DELAY_SAMPLE=1, or use "
             "--disable-overlap-schedule"
         )
+    prefill = server_args.prefill_attention_backend or server_args.attention_backend
+    restart_reason = None
+    if prefill not in MASKING_BACKENDS:
+        restart_reason = f"the {prefill!r} prefill attention backend cannot recompute a memento masked"
     return ConfigResolver(
         server_config(server_args),
         tokenizer_vocab(tokenizer),
         vocab_size,
         unsupported_reason=unsupported_reason(server_args),
         block_budget_unsupported_reason=budget_reason,
+        restart_unsupported_reason=restart_reason,
     )

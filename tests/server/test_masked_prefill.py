@@ -13,6 +13,7 @@ from support.client import (
     opt_in,
     run_and_check,
 )
+from support.mask_rule import visible_matrix
 
 pytestmark = pytest.mark.server
 
@@ -50,6 +51,30 @@ def test_prompt_with_closed_blocks(masked_server, reference, tokenizer, token_id
     assert stats["blocks_evicted"] == max(0, n_closed + 2 - keep)
     if n_closed and keep == 0:  # the prompt's own blocks left the KV too
         assert stats["tokens_evicted"] > 5 + 6 * (n_closed - 1)
+
+
+@pytest.mark.parametrize("n_closed", [0, 2])
+def test_restart_mode_recomputes_each_memento(masked_server, reference, tokenizer, token_ids, n_closed):
+    """`restart_mode`: a closed memento's KV is recomputed without its block (oracle, stepwise)."""
+    if n_closed:
+        prompt, in_think = prompt_with_closed_blocks(tokenizer, token_ids, n_closed), True
+    else:
+        prompt, in_think = chat_prompt(tokenizer, "Restart every memento"), False
+    blocks = [(6, 2), (5, 3), (4, 2)]
+    out = masked_server.generate(
+        memento_body(prompt, blocks, memento=opt_in({"restart_mode": True}), in_think=in_think)
+    )
+    ids = prompt + out["output_ids"]
+    mismatches = reference.greedy_mismatches_stepwise(
+        ids, len(prompt), lambda seen: visible_matrix(seen, token_ids, restart_mode=True)
+    )
+    assert not mismatches, f"server != restart-mode reference at {mismatches[:5]}"
+    stats = out["meta_info"]["memento"]
+    assert stats["blocks_closed"] == stats["blocks_evicted"] == n_closed + len(blocks)
+    final = visible_matrix(ids[:-1], token_ids, restart_mode=True)[-1]
+    assert stats["live_kv_tokens"] == sum(final)
+    normal = masked_server.generate(memento_body(prompt, blocks, memento=opt_in({}), in_think=in_think))
+    assert normal["output_ids"] != out["output_ids"], "restart changed nothing: the test proves nothing"
 
 
 def test_resume_equals_uninterrupted(masked_server, tokenizer, token_ids):

@@ -42,10 +42,17 @@ def hidden_spans(
     keep_last_n_blocks: int = 0,
     mask_delimiters: bool = False,
     keep_last_block_for_answer: bool = False,
+    restart_mode: bool = False,
     prompt_len: int = 0,
 ) -> list[tuple[int, int, int]]:
-    """(start, end, trigger): keys in [start, end) are hidden from queries > trigger."""
+    """(start, end, trigger): keys in [start, end) are hidden from queries > trigger.
+
+    `restart_mode` describes the KV once every memento in `ids` has closed: each
+    block, delimiters included, is hidden from its own memento on.
+    """
     blocks, think_ends = read_blocks(ids, tok)
+    if restart_mode:
+        return [(bs, be + 1, ss - 1) for bs, be, ss, _se in blocks]
     out = []
     for j, (bs, be, _ss, se) in enumerate(blocks):
         if keep_last_n_blocks < 0:

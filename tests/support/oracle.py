@@ -45,6 +45,24 @@ class MementoReference:
         )
         return out.logits[0]
 
+    def greedy_mismatches_stepwise(self, ids: list[int], prompt_len: int, visible_for) -> list[Mismatch]:
+        """Like `greedy_mismatches`, for rules where the past depends on the present.
+
+        Token t is checked against a forward over `ids[:t]` with `visible_for(ids[:t])`
+        (restart mode: a memento's own KV changes once it has closed).
+        """
+        special = set(self.special_ids)
+        out = []
+        for t in range(prompt_len, len(ids)):
+            if ids[t] in special:
+                continue
+            logits = self.logits(ids[:t], visible_for(ids[:t]))[-1]
+            logits[self.special_ids] = float("-inf")
+            best = int(logits.argmax())
+            if best != ids[t]:
+                out.append(Mismatch(t, ids[t], best))
+        return out
+
     def greedy_mismatches(
         self, ids: list[int], prompt_len: int, visible: list[list[bool]] | None
     ) -> list[Mismatch]:
