@@ -32,6 +32,8 @@ def test_defaults_follow_the_reference():
             '{"keep_last_n_blocks": 2, "keep_last_block_for_answer": true}',
             "keep_last_block_for_answer",
         ),
+        ('{"restart_mode": true, "keep_last_n_blocks": 1}', "restart_mode"),
+        ('{"restart_mode": true, "keep_last_block_for_answer": true}', "restart_mode"),
     ],
 )
 def test_invalid_configs_name_the_problem(raw, fragment):
