@@ -150,6 +150,8 @@ class MementoSequence:
     def needs_restart(self) -> bool:
         """`restart_mode`: a memento closed after the last prefill, so its KV (computed
         while its block was visible) must be recomputed by a re-prefill."""
+        if not self.spec.config.restart_mode:
+            return False
         return any(ev.block.summary_end >= self._prefilled_len for ev in self._due)
 
     def on_row_released(self) -> None:

@@ -49,6 +49,14 @@ def test_restart_re_prefill_is_needed_once_per_new_memento():
     assert not seq.needs_restart() and len(seq.due_evictions()) == 2
 
 
+def test_normal_mode_never_needs_a_re_prefill():
+    from memento_sglang.sequence import MementoSequence
+
+    seq = MementoSequence(spec(mask_delimiters=False), tokens("A"), evict_prompt_blocks=True)
+    seq.on_output_tokens(tokens("[ w w ] ( s )"))
+    assert seq.has_due() and not seq.needs_restart()
+
+
 def test_keep_last_two():
     ids = tokens("A [ w ] ( s ) [ w w ] ( s ) [ w ] ( s ) [ w ] ( s )")
     _, evs = evictions({"mask_delimiters": False, "keep_last_n_blocks": 2}, ids)
