@@ -4,7 +4,10 @@ One server (CPU defaults without a GPU, radix cache off so every prefill is real
 The same prompts are prefilled with Memento on (masked prefill, then compaction)
 and off (plain causal prefill) in the same run; the ratio is masked / unmasked.
 
-    python benchmarks/masked_prefill.py --sizes 1024 2048 3968 --blocks 4 8 16
+    python benchmarks/masked_prefill.py --sizes 2048 8192 32768 --blocks 4 8 16
+
+The tiny test model's RoPE has no length limit, so the server's context length is
+raised to the largest size (SGLang's own override switch).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 3968])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 32768])
     parser.add_argument("--blocks", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("artifacts/masked_prefill.json"))
@@ -80,8 +83,14 @@ def main() -> None:
     model = tiny_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model)
     config = json.dumps({"mask_delimiters": False})
+    context = max(args.sizes) + 64
     server = ServerProcess(
-        ServerSpec("bench", ("--memento-config", config, "--disable-radix-cache"), max_total_tokens=40000),
+        ServerSpec(
+            "bench",
+            ("--memento-config", config, "--disable-radix-cache", "--context-length", str(context)),
+            max_total_tokens=2 * context,
+            env=(("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1"),),
+        ),
         model,
     )
     server.start()
