@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -108,3 +109,22 @@ def test_retraction_is_exact(retract_server, default_server, reference, tokenize
         assert_matches_reference(reference, token_ids, prompt, out["output_ids"], SERVER_DEFAULT)
         assert out["output_ids"] == default_server.generate(body)["output_ids"]  # == roomy, unretracted
     retract_server.assert_healthy()
+
+
+def test_batch_mixing_masked_and_unmasked_requests(masked_server, reference, tokenizer, token_ids):
+    """Masked prefills, plain Memento prefills and Memento-off requests, sent together."""
+    masked = [prompt_with_closed_blocks(tokenizer, token_ids, n) for n in (1, 3, 4)]
+    plain = [chat_prompt(tokenizer, "No blocks here" + " seven" * i) for i in range(3)]
+    bodies = [memento_body(p, [(5, 2)], memento=opt_in({}), in_think=True) for p in masked]
+    bodies += [memento_body(p, [(5, 2)], memento=opt_in({})) for p in plain]
+    off = memento_body(masked[1], [(5, 2)], memento={"enable": False}, in_think=True)
+    log_start = len(masked_server.log_text())
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        outs = list(pool.map(masked_server.generate, [*bodies, off]))
+    for prompt, out in zip(masked + plain, outs, strict=False):
+        assert_matches_reference(reference, token_ids, prompt, out["output_ids"], SERVER_DEFAULT)
+    causal = reference.greedy_mismatches(masked[1] + outs[-1]["output_ids"], len(masked[1]), None)
+    assert not causal, f"a Memento-off request in a masked batch is not plain causal: {causal[:5]}"
+    assert "memento" not in outs[-1]["meta_info"]
+    batches = re.findall(r"Prefill batch, #new-seq: (\d+)", masked_server.log_text()[log_start:])
+    assert max(map(int, batches)) > 1, "no prefill batch held two of these requests"
