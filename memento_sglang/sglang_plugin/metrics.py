@@ -1,0 +1,63 @@
+"""Memento counters on SGLang's Prometheus endpoint (`--enable-metrics`, `GET /metrics`).
+
+Created in the scheduler process next to SGLang's own collector, with its labels;
+SGLang's multiprocess registry serves them from the HTTP process.
+
+    sglang:memento_blocks_closed_total    mementos closed (prompt blocks included)
+    sglang:memento_blocks_evicted_total   blocks compacted out of KV rows
+    sglang:memento_tokens_evicted_total   KV slots removed from rows by compaction
+    sglang:memento_restarts_total         restart_mode re-prefills
+    sglang:memento_kv_tokens_saved        KV tokens the running batch does not hold
+                                          thanks to eviction (sum over its requests)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MementoMetrics:
+    blocks_closed: Any
+    blocks_evicted: Any
+    tokens_evicted: Any
+    restarts: Any
+    kv_tokens_saved: Any
+
+    @classmethod
+    def create(cls, labels: dict[str, Any]) -> MementoMetrics:
+        # imported late: SGLang sets PROMETHEUS_MULTIPROC_DIR before its processes start
+        from prometheus_client import Counter, Gauge
+
+        def counter(name: str, doc: str) -> Any:
+            return Counter(f"sglang:memento_{name}", doc, labelnames=list(labels)).labels(**labels)
+
+        saved = Gauge(
+            "sglang:memento_kv_tokens_saved",
+            "KV tokens the running batch does not hold thanks to Memento eviction.",
+            labelnames=list(labels),
+            multiprocess_mode="mostrecent",
+        ).labels(**labels)
+        return cls(
+            blocks_closed=counter("blocks_closed", "Mementos closed (prompt blocks included)."),
+            blocks_evicted=counter("blocks_evicted", "Blocks compacted out of KV rows."),
+            tokens_evicted=counter("tokens_evicted", "KV slots removed from rows by compaction."),
+            restarts=counter("restarts", "restart_mode re-prefills."),
+            kv_tokens_saved=saved,
+        )
+
+
+_metrics: MementoMetrics | None = None
+
+
+def install(scheduler: Any) -> None:
+    """Create the counters in a scheduler that reports metrics (its stats rank only)."""
+    global _metrics
+    collector = getattr(scheduler, "metrics_collector", None)
+    if collector is not None and _metrics is None:
+        _metrics = MementoMetrics.create(dict(collector.labels))
+
+
+def current() -> MementoMetrics | None:
+    return _metrics

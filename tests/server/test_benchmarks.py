@@ -1,0 +1,33 @@
+"""The benchmark code paths on tiny sizes against a real server (no timings asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.server
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kv_profile_live_equals_theory_at_every_step(default_server, tokenizer, tmp_path):
+    kv = _load("kv_profile")
+    shape = kv.TraceShape(blocks=3, block_tokens=8, memento_tokens=2, answer_tokens=2)
+    result = kv.run(default_server.url, tokenizer, shape, tmp_path)
+    assert result["live_over_theoretical"] == {"memento": [1.0, 1.0], "no_eviction": [1.0, 1.0]}
+    assert result["output_tokens"][0] == result["output_tokens"][1]  # same work with and without
+    steps = result["steps"]["memento"]
+    assert len(steps) == result["output_tokens"][0]
+    # the sawtooth: live KV drops once per closed memento
+    assert sum(1 for a, b in zip(steps, steps[1:], strict=False) if b < a) == shape.blocks
+    assert result["peak_reduction"] > 1 and result["area_reduction"] > 1
+    assert (tmp_path / "kv_profile.png").stat().st_size > 10_000
