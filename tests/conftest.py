@@ -15,8 +15,8 @@ SERVER_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False})
 SERVER_MEMENTO_OFF = json.dumps({"mask_delimiters": False})  # requests opt in
 
 SERVERS = [
-    # SGLang defaults (overlap scheduler on, radix cache on), our launcher, Memento on.
-    ServerSpec("default", ("--memento-config", SERVER_MEMENTO_ON)),
+    # SGLang defaults (overlap scheduler on, radix cache on), our launcher, Memento on, metrics.
+    ServerSpec("default", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics")),
     # Both off, the stock `python -m sglang.launch_server` + plugin, Memento per request only.
     ServerSpec(
         "no_overlap_no_radix",

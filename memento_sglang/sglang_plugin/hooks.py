@@ -15,7 +15,7 @@ from sglang.srt.environ import envs
 from sglang.srt.plugins.hook_registry import HookType
 
 from memento_sglang.config import MementoConfigError
-from memento_sglang.sglang_plugin import attention, gpu_attention, grammar, scheduler, settings
+from memento_sglang.sglang_plugin import attention, gpu_attention, grammar, metrics, scheduler, settings
 
 _SA = "sglang.srt.server_args.ServerArgs"
 _ENGINE = "sglang.srt.entrypoints.engine.Engine"
@@ -118,6 +118,7 @@ def install_in_scheduler(result, self, server_args, *args, **kwargs):
     if self.memento_resolver.server_spec is not None and self.enable_overlap:
         envs.SGLANG_ENABLE_DELAY_SAMPLE.set(True)
     self.memento_masked_prefill = attention.can_mask(self.tp_worker.model_runner.attn_backend)
+    metrics.install(self)
 
 
 def stream_memento_stats(result, self, *args, **kwargs):

@@ -18,6 +18,7 @@ from memento_sglang.config import MementoConfigError
 from memento_sglang.kernels.row_compaction import shift_row_left
 from memento_sglang.masks import extend_segments
 from memento_sglang.sequence import MementoSequence
+from memento_sglang.sglang_plugin import metrics
 from memento_sglang.sglang_plugin.attention import stage_plans
 from memento_sglang.tracker import Eviction
 
@@ -43,8 +44,11 @@ def synced(req: Any) -> MementoSequence | None:
         before = len(seq.tracker.closed_blocks)
         seq.on_output_tokens(out[seen:])
         setattr(req, OUTPUT_SEEN, len(out))
-        if seq.spec.config.debug and len(seq.tracker.closed_blocks) > before:
-            for block in seq.tracker.closed_blocks[before:]:
+        closed = seq.tracker.closed_blocks[before:]
+        if closed and (m := metrics.current()) is not None:
+            m.blocks_closed.inc(len(closed))
+        if seq.spec.config.debug:
+            for block in closed:
                 logger.info("[memento] rid=%s memento closed: %s", req.rid, block)
     return seq
 
@@ -69,6 +73,8 @@ def attach(req: Any, resolver: Any, *, masked_prefill: bool) -> None:
     seq = MementoSequence(spec, list(req.origin_input_ids), evict_prompt_blocks=masked_prefill)
     setattr(req, STATE, seq)
     setattr(req, OUTPUT_SEEN, 0)
+    if seq.tracker.closed_blocks and (m := metrics.current()) is not None:
+        m.blocks_closed.inc(len(seq.tracker.closed_blocks))
     if seq.has_due():
         req.skip_radix_cache_insert = True
     if spec.config.debug:
@@ -111,6 +117,8 @@ def retract_for_restart(scheduler: Any, batch: Any) -> None:
     for n, i in enumerate(restart):
         batch.release_req(i, len(batch.reqs) - n - 1, offload_kv=False)
     batch.filter_batch(reqs_to_exclude=reqs)
+    if (m := metrics.current()) is not None:
+        m.restarts.inc(len(reqs))
     for req in reqs:
         if sequence_of(req).spec.config.debug:
             logger.info("[memento] rid=%s restart: re-prefill with the closed block masked", req.rid)
@@ -135,6 +143,8 @@ def compact_running_batch(batch: Any) -> None:
         due = seq.take_due(req.kv.kv_allocated_len + seq.position_offset)
         if due:
             removed.append((i, _compact_row(req, seq, due, batch)))
+    if (m := metrics.current()) is not None:
+        m.kv_tokens_saved.set(sum(s.position_offset for r in batch.reqs if (s := sequence_of(r))))
     if not removed:
         return
     delta_cpu = torch.zeros(len(batch.reqs), dtype=batch.seq_lens_cpu.dtype)
@@ -174,6 +184,9 @@ def _compact_row(req: Any, seq: MementoSequence, due: list[Eviction], batch: Any
         kv.kv_committed_len -= n
         kv.kv_allocated_len -= n
         removed += n
+        if (m := metrics.current()) is not None:
+            m.blocks_evicted.inc()
+            m.tokens_evicted.inc(n)
         if seq.spec.config.debug:
             logger.info(
                 "[memento] rid=%s evicted logical [%d, %d) (block %d, trigger %d): "
