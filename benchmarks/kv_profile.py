@@ -71,7 +71,7 @@ class Profile:
 
 def request_body(prompt: list[int], shape: TraceShape, evict: bool) -> dict:
     tag = memento_structural_tag(
-        [BlockBudget(shape.block_tokens, shape.memento_tokens)] * shape.blocks,
+        [BlockBudget(shape.block_tokens, shape.memento_tokens, exact=True)] * shape.blocks,
         answer_tokens=shape.answer_tokens,
     )
     memento = {"enable": True, "mask_delimiters": False, "compact_on_summary_end": evict}

@@ -23,17 +23,24 @@ CHATML_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
 @dataclass(frozen=True)
 class BlockBudget:
-    """Upper bounds on one block's content and its memento, in tokens."""
+    """Upper bounds on one block's content and its memento, in tokens; with `exact`,
+    the lengths themselves (benchmarks need identical work with and without eviction)."""
 
     block_tokens: int
     memento_tokens: int
+    exact: bool = False
 
 
 def _token(text: str) -> dict:
     return {"type": "token", "token": text}
 
 
-def _free_text(max_tokens: int | None, excluded: Sequence[str]) -> dict:
+def _free_text(max_tokens: int | None, excluded: Sequence[str], exact: bool = False) -> dict:
+    if exact and max_tokens is not None:
+        # Spelled out: xgrammar 0.2.7 drops `exclude_tokens` after the first iteration
+        # of a `repeat` (tests/unit/test_structural_tag.py shows it).
+        one = {"type": "exclude_token", "exclude_tokens": list(excluded)}
+        return {"type": "sequence", "elements": [one] * max_tokens}
     element: dict = {"type": "any_tokens", "exclude_tokens": list(excluded)}
     if max_tokens is not None:
         element["max_tokens"] = max_tokens
@@ -44,10 +51,10 @@ def block_elements(budget: BlockBudget, excluded: Sequence[str]) -> list[dict]:
     """One block and its memento; a zero budget means no free text at that place."""
     elements = [_token(BLOCK_START)]
     if budget.block_tokens:
-        elements.append(_free_text(budget.block_tokens, excluded))
+        elements.append(_free_text(budget.block_tokens, excluded, budget.exact))
     elements += [_token(BLOCK_END), _token(SUMMARY_START)]
     if budget.memento_tokens:
-        elements.append(_free_text(budget.memento_tokens, excluded))
+        elements.append(_free_text(budget.memento_tokens, excluded, budget.exact))
     elements.append(_token(SUMMARY_END))
     return elements
 

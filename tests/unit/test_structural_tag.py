@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import xgrammar as xgr
 
@@ -53,3 +55,25 @@ def test_every_delimiter_is_a_token_element(tokenizer_info, tokenizer, token_ids
     think = tokenizer.convert_tokens_to_ids("<think>")
     assert allowed_after(compiler, tag, [think]) == [ids.block_start]
     assert allowed_after(compiler, tag, [think, ids.block_start, 200, 201]) == [ids.block_end]
+
+
+def test_exact_budgets_fix_the_lengths(tokenizer_info, tokenizer, token_ids):
+    """`exact=True`: a block cannot end early, nor run long (benchmarks compare equal work)."""
+    tag = memento_structural_tag([BlockBudget(2, 1, exact=True)], answer_tokens=1)
+    compiler = xgr.GrammarCompiler(tokenizer_info, cache_enabled=False)
+    think = tokenizer.convert_tokens_to_ids("<think>")
+    after_one = allowed_after(compiler, tag, [think, token_ids.block_start, 200])
+    assert token_ids.block_end not in after_one and 201 in after_one
+    assert allowed_after(compiler, tag, [think, token_ids.block_start, 200, 201]) == [token_ids.block_end]
+    opened = [think, token_ids.block_start, 200, 201, token_ids.block_end, token_ids.summary_start]
+    assert token_ids.summary_end not in allowed_after(compiler, tag, opened)
+
+
+def test_xgrammar_repeat_loses_exclusions(tokenizer_info, token_ids):
+    """Why exact budgets are spelled out: upstream `repeat` forgets `exclude_tokens`."""
+    compiler = xgr.GrammarCompiler(tokenizer_info, cache_enabled=False)
+    one = {"type": "exclude_token", "exclude_tokens": ["<|block_end|>"]}
+    repeat = {"type": "repeat", "min": 2, "max": 2, "content": one}
+    fmt = {"type": "sequence", "elements": [repeat, {"type": "token", "token": "<|block_end|>"}]}
+    tag = json.dumps({"type": "structural_tag", "format": fmt})
+    assert token_ids.block_end in allowed_after(compiler, tag, [200])  # the upstream bug
