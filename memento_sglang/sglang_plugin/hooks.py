@@ -135,7 +135,8 @@ def restart_closed_mementos(self, batch, *args, **kwargs):
 
 
 def compact_before_decode(self, *args, **kwargs):
-    scheduler.compact_running_batch(self)
+    with metrics.compaction_timer():
+        scheduler.compact_running_batch(self)
 
 
 def logical_positions_and_masks(forward_batch, cls, batch, *args, **kwargs):

@@ -9,10 +9,16 @@ SGLang's multiprocess registry serves them from the HTTP process.
     sglang:memento_restarts_total         restart_mode re-prefills
     sglang:memento_kv_tokens_saved        KV tokens the running batch does not hold
                                           thanks to eviction (sum over its requests)
+    sglang:memento_decode_steps_total     decode steps the plugin prepared
+    sglang:memento_compaction_seconds_total  scheduler time spent in compaction before them
+                                          (host time: GPU work it launches is asynchronous)
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +30,8 @@ class MementoMetrics:
     tokens_evicted: Any
     restarts: Any
     kv_tokens_saved: Any
+    decode_steps: Any
+    compaction_seconds: Any
 
     @classmethod
     def create(cls, labels: dict[str, Any]) -> MementoMetrics:
@@ -45,6 +53,8 @@ class MementoMetrics:
             tokens_evicted=counter("tokens_evicted", "KV slots removed from rows by compaction."),
             restarts=counter("restarts", "restart_mode re-prefills."),
             kv_tokens_saved=saved,
+            decode_steps=counter("decode_steps", "Decode steps prepared by the plugin."),
+            compaction_seconds=counter("compaction_seconds", "Scheduler time in compaction."),
         )
 
 
@@ -61,3 +71,15 @@ def install(scheduler: Any) -> None:
 
 def current() -> MementoMetrics | None:
     return _metrics
+
+
+@contextmanager
+def compaction_timer() -> Iterator[None]:
+    """Time one decode step's compaction (nothing to do when metrics are off)."""
+    if _metrics is None:
+        yield
+        return
+    start = time.perf_counter()
+    yield
+    _metrics.compaction_seconds.inc(time.perf_counter() - start)
+    _metrics.decode_steps.inc()

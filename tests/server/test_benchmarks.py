@@ -33,3 +33,14 @@ def test_kv_profile_live_equals_theory_at_every_step(default_server, tokenizer, 
     assert sum(1 for a, b in zip(steps, steps[1:], strict=False) if b < a) == shape.blocks
     assert result["peak_reduction"] > 1 and result["area_reduction"] > 1
     assert (tmp_path / "kv_profile.png").stat().st_size > 10_000
+
+
+def test_compaction_overhead_counts_steps_and_time(default_server, tokenizer):
+    overhead = _load("compaction_overhead")
+    shape = {"blocks": 2, "block_tokens": 6, "memento_tokens": 2}
+    evicting = overhead.measure(default_server.url, tokenizer, 3, True, **shape)
+    keeping = overhead.measure(default_server.url, tokenizer, 3, False, **shape)
+    assert evicting["output_tokens"] == keeping["output_tokens"]  # exact lengths: equal work
+    assert evicting["tokens_evicted"] == 3 * 2 * 6 and keeping["tokens_evicted"] == 0
+    for row in (evicting, keeping):
+        assert row["decode_steps"] > 0 and 0 < row["compaction_share"] < 1

@@ -16,7 +16,13 @@ NAMES = ("blocks_closed_total", "blocks_evicted_total", "tokens_evicted_total")
 def scrape(server) -> dict[str, float]:
     text = requests.get(server.url + "/metrics", timeout=30).text
     values = {}
-    for name in (*NAMES, "restarts_total", "kv_tokens_saved"):
+    for name in (
+        *NAMES,
+        "restarts_total",
+        "kv_tokens_saved",
+        "decode_steps_total",
+        "compaction_seconds_total",
+    ):
         found = re.findall(rf"^sglang:memento_{name}\{{[^}}]*\}} (\S+)$", text, flags=re.M)
         assert found, f"sglang:memento_{name} missing from /metrics"
         values[name] = sum(map(float, found))
@@ -25,10 +31,12 @@ def scrape(server) -> dict[str, float]:
 
 def test_counters_match_request_stats(default_server, tokenizer):
     before = scrape(default_server)
-    stats = []
+    stats, decoded = [], 0
     for i, blocks in enumerate([[(6, 2), (5, 2)], [(4, 3)] * 3]):
         body = memento_body(chat_prompt(tokenizer, f"Count me {i}"), blocks, memento=opt_in({}))
-        stats.append(default_server.generate(body)["meta_info"]["memento"])
+        meta = default_server.generate(body)["meta_info"]
+        stats.append(meta["memento"])
+        decoded += meta["completion_tokens"] - 1  # the first token comes from the prefill
     after = scrape(default_server)
     assert after["blocks_closed_total"] - before["blocks_closed_total"] == sum(
         s["blocks_closed"] for s in stats
@@ -39,3 +47,6 @@ def test_counters_match_request_stats(default_server, tokenizer):
     assert after["tokens_evicted_total"] - before["tokens_evicted_total"] == sum(
         s["tokens_evicted"] for s in stats
     )
+    steps = after["decode_steps_total"] - before["decode_steps_total"]
+    assert steps >= decoded  # one request at a time: a step per decoded token at least
+    assert after["compaction_seconds_total"] > before["compaction_seconds_total"]

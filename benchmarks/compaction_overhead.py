@@ -1,0 +1,125 @@
+"""Scheduler time spent compacting KV rows per decode step, batch 1 to 128.
+
+The same concurrent requests (exact forced lengths) run with eviction and with
+`compact_on_summary_end: false` on one server with `--enable-metrics`. The plugin's
+own counters give the time spent in compaction (`sglang:memento_compaction_seconds_total`)
+and the decode steps it prepared; the wall time of the batch over its decode steps
+approximates a step (prefill included, so the share is an upper bound).
+
+    python benchmarks/compaction_overhead.py --batches 1 8 32 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.server import ServerProcess, ServerSpec  # noqa: E402
+
+from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
+from memento_sglang.models.tiny import tiny_model_path  # noqa: E402
+
+COUNTERS = ("decode_steps_total", "compaction_seconds_total", "tokens_evicted_total")
+
+
+def scrape(url: str) -> dict[str, float]:
+    text = requests.get(url + "/metrics", timeout=30).text
+    return {
+        name: sum(float(v) for v in re.findall(rf"^sglang:memento_{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+        for name in COUNTERS
+    }
+
+
+def body(prompt: list[int], blocks: int, block_tokens: int, memento_tokens: int, evict: bool) -> dict:
+    tag = memento_structural_tag(
+        [BlockBudget(block_tokens, memento_tokens, exact=True)] * blocks, answer_tokens=2
+    )
+    memento = {"enable": True, "mask_delimiters": False, "compact_on_summary_end": evict}
+    params = {
+        "temperature": 0.0,
+        "max_new_tokens": blocks * (block_tokens + memento_tokens + 4) + 8,
+        "structural_tag": tag,
+        "skip_special_tokens": False,
+        "custom_params": {"memento": memento},
+    }
+    return {"input_ids": prompt, "sampling_params": params}
+
+
+def measure(url: str, tokenizer, batch: int, evict: bool, *, blocks: int = 6, block_tokens: int = 24,
+            memento_tokens: int = 4) -> dict:  # fmt: skip
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Question {i}"}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )  # fmt: skip
+        for i in range(batch)
+    ]
+    bodies = [body(p, blocks, block_tokens, memento_tokens, evict) for p in prompts]
+    before = scrape(url)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(batch) as pool:
+        outs = list(pool.map(lambda b: requests.post(url + "/generate", json=b, timeout=3600).json(), bodies))
+    wall = time.perf_counter() - start
+    after = scrape(url)
+    steps = after["decode_steps_total"] - before["decode_steps_total"]
+    seconds = after["compaction_seconds_total"] - before["compaction_seconds_total"]
+    return {
+        "batch": batch,
+        "evict": evict,
+        "output_tokens": sum(o["meta_info"]["completion_tokens"] for o in outs),
+        "tokens_evicted": after["tokens_evicted_total"] - before["tokens_evicted_total"],
+        "decode_steps": steps,
+        "compaction_us_per_step": 1e6 * seconds / steps,
+        "step_ms": 1e3 * wall / steps,
+        "compaction_share": seconds / wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--out", type=Path, default=Path("artifacts/compaction_overhead.json"))
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    model = tiny_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    spec = ServerSpec("overhead", ("--enable-metrics", "--max-running-requests", str(max(args.batches))),
+                      max_total_tokens=80000)  # fmt: skip
+    server = ServerProcess(spec, model)
+    server.start()
+    rows = []
+    try:
+        server.wait_ready()
+        measure(server.url, tokenizer, 2, True)  # warm-up
+        for batch in tqdm(args.batches, desc="batch sizes"):
+            rows += [measure(server.url, tokenizer, batch, evict) for evict in (True, False)]
+    finally:
+        server.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": "cpu", "rows": rows}, indent=2))
+    print(f"{'batch':>5} {'evict':>5} {'steps':>6} {'compaction us/step':>19} {'step ms':>8} {'share':>7}")
+    for r in rows:
+        us, share = r["compaction_us_per_step"], 100 * r["compaction_share"]
+        print(
+            f"{r['batch']:>5} {str(r['evict']):>5} {r['decode_steps']:>6.0f} {us:>19.1f}"
+            f" {r['step_ms']:>8.2f} {share:>6.2f}%"
+        )
+
+
+if __name__ == "__main__":
+    main()
