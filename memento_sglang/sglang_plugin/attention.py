@@ -81,4 +81,7 @@ def can_mask(attn_backend: Any) -> bool:
 
     if isinstance(attn_backend, HybridAttnBackend):
         attn_backend = attn_backend.prefill_backend
-    return type(attn_backend) in (TorchNativeAttnBackend, FlashInferAttnBackend, TritonAttnBackend)
+    if type(attn_backend) is FlashInferAttnBackend:
+        # sliding-window / cross-attention wrappers see other key ranges than the mask's
+        return getattr(attn_backend, "dispatch_reason", None) is None
+    return type(attn_backend) in (TorchNativeAttnBackend, TritonAttnBackend)

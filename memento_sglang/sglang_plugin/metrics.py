@@ -65,7 +65,9 @@ def install(scheduler: Any) -> None:
     """Create the counters in a scheduler that reports metrics (its stats rank only)."""
     global _metrics
     collector = getattr(scheduler, "metrics_collector", None)
-    if collector is not None and _metrics is None:
+    context = getattr(scheduler, "metrics_collector_context", None)
+    reporting = context is not None and context.current_scheduler_metrics_enabled  # one rank of TP
+    if collector is not None and reporting and _metrics is None:
         _metrics = MementoMetrics.create(dict(collector.labels))
 
 

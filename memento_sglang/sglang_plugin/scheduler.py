@@ -70,6 +70,9 @@ def attach(req: Any, resolver: Any, *, masked_prefill: bool) -> None:
         return
     if spec is None:
         return
+    if spec.config.restart_mode and not masked_prefill:
+        req.set_finish_with_abort("restart_mode needs a prefill attention backend that can mask")
+        return
     seq = MementoSequence(spec, list(req.origin_input_ids), evict_prompt_blocks=masked_prefill)
     setattr(req, STATE, seq)
     setattr(req, OUTPUT_SEEN, 0)
@@ -109,10 +112,12 @@ def retract_for_restart(scheduler: Any, batch: Any) -> None:
     """
     restart = [
         i for i, req in enumerate(batch.reqs)
-        if not req.finished() and (seq := synced(req)) is not None and seq.needs_restart()
+        if not req.finished() and req.beam_group is None
+        and (seq := synced(req)) is not None and seq.needs_restart()
     ]  # fmt: skip
     if not restart:
         return
+    batch.batch_is_full = False  # room for the re-queued requests
     reqs = [batch.reqs[i] for i in restart]
     for n, i in enumerate(restart):
         batch.release_req(i, len(batch.reqs) - n - 1, offload_kv=False)

@@ -70,8 +70,11 @@ def masking_backend_choice(raw_config: str | None, backends: dict[str, str | Non
         return {}
     prefill = backends.get("prefill_attention_backend") or backends.get("attention_backend")
     if prefill is None:
-        on_gpu = device in (None, "cuda") and gpu_available()
-        return {"attention_backend": GPU_DEFAULT_BACKEND} if on_gpu else {}
+        if not (device in (None, "cuda") and gpu_available()):
+            return {}
+        import torch
+
+        return {"attention_backend": "triton" if torch.version.hip else GPU_DEFAULT_BACKEND}
     if prefill not in MASKING_BACKENDS:
         raise MementoStartupError(
             f"the {prefill!r} attention backend has no custom attention mask, which Memento's "
@@ -119,9 +122,11 @@ def make_resolver(server_args: Any, tokenizer: Any, vocab_size: int) -> ConfigRe
             "--disable-overlap-schedule"
         )
     prefill = server_args.prefill_attention_backend or server_args.attention_backend
-    restart_reason = None
-    if prefill not in MASKING_BACKENDS:
+    restart_reason = None  # an unset backend is checked on the resolved one, in the scheduler
+    if prefill is not None and prefill not in MASKING_BACKENDS:
         restart_reason = f"the {prefill!r} prefill attention backend cannot recompute a memento masked"
+    elif server_args.enable_mixed_chunk:
+        restart_reason = "--enable-mixed-chunk decodes without SGLang's retraction point"
     return ConfigResolver(
         server_config(server_args),
         tokenizer_vocab(tokenizer),
