@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from memento_sglang.masks import ExtendSegment
+from memento_sglang.masks import ExtendSegment, segments_to_dense
 
 
 def flat_extend_masks(
@@ -31,9 +31,5 @@ def flat_extend_masks(
     flat = torch.empty(int(indptr[-1]), dtype=torch.bool, device=device)
     for i, (plan, p, e) in enumerate(zip(plans, prefix_lens, extend_lens, strict=True)):
         rows = flat[int(indptr[i]) : int(indptr[i + 1])].view(e, p + e)
-        cols = torch.arange(p + e, device=device)
-        torch.le(cols[None, :], torch.arange(p, p + e, device=device)[:, None], out=rows)
-        for seg in plan or ():
-            for lo, hi in seg.hidden:
-                rows[seg.row_start : seg.row_end, lo:hi] = False
+        segments_to_dense(plan or [], prefix_len=p, extend_len=e, device=device, out=rows)
     return flat, indptr.to(device)

@@ -64,12 +64,19 @@ def extend_segments(
     return segments
 
 
-def segments_to_dense(segments: list[ExtendSegment], *, prefix_len: int, extend_len: int,
-                      device: torch.device | str = "cpu") -> torch.Tensor:  # fmt: skip
-    """`[extend_len, prefix_len + extend_len]` bool (True = may attend) for the segments."""
+def segments_to_dense(
+    segments: list[ExtendSegment],
+    *,
+    prefix_len: int,
+    extend_len: int,
+    device: torch.device | str = "cpu",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`[extend_len, prefix_len + extend_len]` bool (True = may attend) for the segments,
+    written into `out` when given (a view into a batch-wide buffer)."""
     kv_len = prefix_len + extend_len
     rows = torch.arange(extend_len, device=device)[:, None] + prefix_len
-    mask = torch.arange(kv_len, device=device)[None, :] <= rows
+    mask = torch.le(torch.arange(kv_len, device=device)[None, :], rows, out=out)
     for seg in segments:
         for lo, hi in seg.hidden:
             mask[seg.row_start : seg.row_end, lo:hi] = False

@@ -11,34 +11,19 @@ from pathlib import Path
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.synthetic import eviction_rows
 
 from memento_sglang.kernels.extend_masks import flat_extend_masks
 from memento_sglang.masks import extend_visibility
-from memento_sglang.tracker import ClosedBlock, Eviction
-
-_BLOCK = ClosedBlock(0, 0, 0, 0, 0)
-
-
-@st.composite
-def requests(draw):
-    spans, at = [], 0
-    for _ in range(draw(st.integers(0, 3))):
-        start = at + draw(st.integers(0, 3))
-        end = start + draw(st.integers(1, 4))
-        trigger = end + draw(st.integers(0, 2))
-        spans.append(Eviction(_BLOCK, start, end, trigger))
-        at = trigger + 1
-    kv_len = at + draw(st.integers(1, 6))
-    return spans, draw(st.integers(0, kv_len - 1)), kv_len
 
 
 @settings(max_examples=100, deadline=None)
-@given(batch=st.lists(requests(), min_size=1, max_size=4))
+@given(batch=st.lists(eviction_rows(), min_size=1, max_size=4))
 def test_flat_layout_is_each_dense_mask_row_major(batch):
     from memento_sglang.masks import extend_segments
 
     plans, prefixes, extends, dense = [], [], [], []
-    for spans, prefix, kv_len in batch:
+    for spans, kv_len, prefix in batch:
         extend = kv_len - prefix
         plans.append(extend_segments(spans, offset=0, prefix_len=prefix, extend_len=extend))
         prefixes.append(prefix)
