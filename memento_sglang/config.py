@@ -8,9 +8,10 @@ imports SGLang, so it is usable from any process and from tests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -158,6 +159,19 @@ class MementoSpec:
 
     config: MementoConfig
     ids: MementoTokenIds
+
+    # Options that change which tokens a query sees, hence what cached KV means.
+    _VISIBILITY_FIELDS = (
+        "keep_last_n_blocks", "mask_delimiters", "compact_on_summary_end",
+        "require_assistant_section", "keep_last_block_for_answer", "restart_mode",
+    )  # fmt: skip
+
+    def kv_namespace(self, *, masked_prefill: bool) -> str:
+        """A radix-cache namespace: requests share KV only under the same visibility rule."""
+        fields = {name: getattr(self.config, name) for name in self._VISIBILITY_FIELDS}
+        fields.update(ids=asdict(self.ids), masked_prefill=masked_prefill)
+        digest = hashlib.blake2b(json.dumps(fields, sort_keys=True).encode(), digest_size=8).hexdigest()
+        return f"memento:{digest}"
 
 
 def _describe(exc: ValidationError) -> str:

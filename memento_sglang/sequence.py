@@ -8,12 +8,14 @@ tell it what they compacted.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
 from memento_sglang.config import MementoSpec
+from memento_sglang.radix_keys import physical_index, radix_key, without_spans
 from memento_sglang.tracker import BlockTracker, Eviction
 
 
@@ -35,6 +37,8 @@ class MementoStats(BaseModel):
     peak_live_kv_tokens: int
     peak_kv_tokens_without_eviction: int
     anomalies: int
+    reused_prompt_tokens: int = 0
+    reused_blocks: int = 0
 
 
 class EvictionMap:
@@ -47,6 +51,10 @@ class EvictionMap:
     def __init__(self) -> None:
         self._spans: list[tuple[int, int]] = []  # applied logical [start, end), sorted
         self.evicted_tokens = 0
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self._spans)
 
     def evicted_before(self, logical: int) -> int:
         total = 0
@@ -86,6 +94,9 @@ class MementoSequence:
     ) -> None:
         self.spec = spec
         self.prompt_len = len(prompt_ids)
+        self.radix_keyed = False  # KV shared through the Memento radix tree (set by the host)
+        self._ids = array("q", prompt_ids)  # every token fed: prompt, then outputs
+        self._reused = (0, 0)  # (logical prompt tokens, blocks) adopted from the tree
         self.tracker = BlockTracker(spec)
         self.map = EvictionMap()
         self._decided: list[Eviction] = []  # enacted decisions, in trigger order
@@ -108,6 +119,7 @@ class MementoSequence:
         """Feed newly generated tokens (in order) as SGLang appends them."""
         for tid in token_ids:
             position = self.tracker.position
+            self._ids.append(tid)
             for ev in self.tracker.feed(tid):
                 self._decide(ev)
             # the pass that produced `position` ran its query at `position - 1`
@@ -159,9 +171,67 @@ class MementoSequence:
 
         The re-prefill covers every token seen so far, under the masks.
         """
+        self._forget_applied()
+        self._prefilled_len = self.total_len
+
+    def _forget_applied(self) -> None:
         self.map.clear()
         self._due = deque(self._decided)  # `_due` is always a suffix of `_decided`
-        self._prefilled_len = self.total_len
+
+    # -------------------------------------------------------------- radix view
+
+    def physical_ids(self) -> array:
+        """The token ids of the KV row: every token fed, minus the applied spans."""
+        return without_spans(self._ids, self.map.spans)
+
+    def radix_key(self, length: int) -> array:
+        """How the Memento radix tree keys the first `length` slots of the row."""
+        return radix_key(self._ids, self.map.spans, length)
+
+    def insert_limit(self) -> int:
+        """Row slots the tree may own: none past the end of a span that may still
+        leave the row (the KV after it would change meaning when it does)."""
+        ends = [ev.end for ev in self._due] + self.tracker.pending_span_ends()
+        physical_len = self.total_len - self.map.evicted_tokens
+        return min([physical_len, *(self.map.to_physical(e) for e in ends)])
+
+    def prospective_key(self) -> array:
+        """For a request without KV: its key with every decided span already gone."""
+        self._forget_applied()
+        return radix_key(self._ids, self._due_spans())
+
+    def adopt_cached_prefix(self, matched: int, logical_limit: int) -> int:
+        """Take `matched` slots of `prospective_key()` from the tree, cut where exact.
+
+        A cut may not fall inside a memento whose block it skipped (the memento's
+        remaining tokens must attend to the block), nor past an unsettled span or
+        `logical_limit`. Spans the cut covers are applied to the map at once; the
+        rest are prefilled under the mask. Returns the reused slot count.
+        """
+        spans = self._due_spans()
+        pending = [physical_index(e, spans) for e in self.tracker.pending_span_ends()]
+        cut = min([matched, *pending])
+        while True:
+            covered = [ev for ev in self._due if physical_index(ev.end, spans) < cut]
+            logical = cut + sum(ev.size for ev in covered)
+            if logical > logical_limit:
+                cut -= logical - logical_limit
+                continue
+            inside = [
+                physical_index(ev.end, spans) for ev in covered
+                if cut <= physical_index(max(ev.trigger, ev.end), spans)
+            ]  # fmt: skip
+            if not inside:
+                break
+            cut = min(inside)  # the span's own slot: stop right before it
+        for ev in covered:
+            self.map.add(ev.start, ev.end)
+            self._due.popleft()
+        self._reused = (logical, len(covered))
+        return cut
+
+    def _due_spans(self) -> list[tuple[int, int]]:
+        return [*self.map.spans, *((ev.start, ev.end) for ev in self._due)]
 
     # -------------------------------------------------------------------- stats
 
@@ -174,6 +244,8 @@ class MementoSequence:
             peak_live_kv_tokens=self._peak,
             peak_kv_tokens_without_eviction=max(self.total_len - 1, self.prompt_len),
             anomalies=len(self.tracker.anomalies),
+            reused_prompt_tokens=self._reused[0],
+            reused_blocks=self._reused[1],
         )
 
     def _decide(self, ev: Eviction) -> None:

@@ -222,15 +222,30 @@ class BlockTracker:
             self._phase = Phase.THINKING
         self._deferred = None
 
+    def pending_span_ends(self) -> list[int]:
+        """Ends of spans that may still leave the cache: closed blocks held back
+        (`keep_last_n_blocks`, `keep_last_block_for_answer`) and a block whose memento
+        is not closed yet. KV after such an end may still change meaning."""
+        blocks = [*self._pending, *([self._deferred] if self._deferred is not None else [])]
+        ends = [self._span(b.block_start, b.block_end)[1] for b in blocks]
+        cfg = self._cfg
+        evicts = cfg.compact_on_summary_end and cfg.keep_last_n_blocks >= 0
+        if evicts and self._phase in (Phase.AWAIT_SUMMARY, Phase.IN_SUMMARY):
+            ends.append(self._span(self._block_start, self._block_end)[1])
+        return ends
+
+    def _span(self, block_start: int, block_end: int) -> tuple[int, int]:
+        """The logical `[start, end)` a closed block leaves, per the delimiter policy."""
+        if self._cfg.restart_mode or self._cfg.mask_delimiters:
+            return block_start, block_end + 1
+        return block_start + 1, block_end
+
     def _evict(self, block: ClosedBlock, trigger: int) -> Eviction:
+        start, end = self._span(block.block_start, block.block_end)
         if self._cfg.restart_mode:
             # The paper's restart ablation: the memento's own KV is recomputed without
             # the block (delimiters included), so it is hidden from the memento on.
-            return Eviction(block, block.block_start, block.block_end + 1, block.summary_start - 1)
-        if self._cfg.mask_delimiters:
-            start, end = block.block_start, block.block_end + 1
-        else:
-            start, end = block.block_start + 1, block.block_end
+            trigger = block.summary_start - 1
         return Eviction(block=block, start=start, end=end, trigger=trigger)
 
     def _anomaly(self, pos: int, token_id: int, kind: AnomalyKind) -> None:

@@ -55,12 +55,22 @@ def load() -> None:
 
     for spec in HOOKS:
         HookRegistry.register(spec.target, spec.fn, spec.kind)
+    _register_radix_cache()
     HookRegistry.apply_hooks()
     not_applied = [t for t, orig in originals.items() if _current(t) is orig]
     if not_applied:
         raise MementoPluginError("hooks failed to apply to " + ", ".join(not_applied))
     _loaded = True
     logger.info("memento-sglang plugin loaded: %d hooks on SGLang %s", len(HOOKS), installed)
+
+
+def _register_radix_cache() -> None:
+    from sglang.srt.mem_cache.registry import get_radix_cache_factory, register_radix_cache_backend
+
+    from memento_sglang.sglang_plugin.radix_cache import BACKEND_NAME, factory
+
+    if get_radix_cache_factory(BACKEND_NAME) is None:
+        register_radix_cache_backend(BACKEND_NAME, factory)
 
 
 def _resolve(spec: HookSpec) -> object:

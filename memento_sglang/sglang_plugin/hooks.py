@@ -29,7 +29,9 @@ _XGRAMMAR = "sglang.srt.constrained.xgrammar_backend.XGrammarGrammarBackend"
 _TORCH_ATTN = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend"
 _FLASHINFER = "sglang.srt.layers.attention.flashinfer_backend"
 _TRITON_ATTN = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
+_COMMON = "sglang.srt.mem_cache.common"
 _BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend")
+_CACHE_FIELDS = ("radix_cache_backend", "disable_radix_cache", "enable_hierarchical_cache")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ def configure_from_cli(original, cls, args):
     backends = {name: getattr(args, name, None) for name in _BACKEND_FIELDS}
     for name, value in settings.masking_backend_choice(raw, backends, args.device).items():
         setattr(args, name, value)
+    cache = {name: getattr(args, name, None) for name in _CACHE_FIELDS}
+    for name, value in settings.radix_cache_choice(raw, cache).items():
+        setattr(args, name, value)
     server_args = original(cls, args)
     settings.attach(server_args, raw)
     return server_args
@@ -73,6 +78,7 @@ def take_engine_memento_config(self, *args, **kwargs):
         kwargs.setdefault("log_level", "error")
         backends = {name: kwargs.get(name) for name in _BACKEND_FIELDS}
         kwargs.update(settings.masking_backend_choice(raw, backends, kwargs.get("device")))
+        kwargs.update(settings.radix_cache_choice(raw, {name: kwargs.get(name) for name in _CACHE_FIELDS}))
         kwargs = {"server_args": self.server_args_class(**kwargs)}
     settings.attach(kwargs["server_args"], raw)
     return (self, *args), kwargs
@@ -126,7 +132,7 @@ def stream_memento_stats(result, self, *args, **kwargs):
 
 
 def attach_memento_state(req, self, recv_req, *args, **kwargs):
-    scheduler.attach(req, self.memento_resolver, masked_prefill=self.memento_masked_prefill)
+    scheduler.attach(req, self.memento_resolver, self.tree_cache, masked_prefill=self.memento_masked_prefill)
 
 
 def restart_closed_mementos(self, batch, *args, **kwargs):
@@ -141,6 +147,18 @@ def compact_before_decode(self, *args, **kwargs):
 
 def logical_positions_and_masks(forward_batch, cls, batch, *args, **kwargs):
     scheduler.prepare_forward(forward_batch, batch)
+
+
+def physical_fill_ids(original, self, *args, **kwargs):
+    """A tree-keyed request's fill ids are its row's ids (see scheduler.physical_fill_ids)."""
+    if not scheduler.physical_fill_ids(self):
+        original(self, *args, **kwargs)
+
+
+def compact_before_release(req, tree_cache, *args, checkpoint=False, **kwargs):
+    """A finished row reaches the Memento tree with its closed blocks compacted."""
+    if checkpoint:
+        scheduler.compact_before_release(req, tree_cache)
 
 
 def cap_cached_prefix(max_prefix_len, self, *args, **kwargs):
@@ -176,6 +194,8 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_BATCH}.prepare_for_decode", compact_before_decode, H.BEFORE),
     HookSpec(f"{_FWD}.init_new", logical_positions_and_masks, H.AFTER),
     HookSpec(f"{_REQ}._compute_max_prefix_len", cap_cached_prefix, H.AFTER),
+    HookSpec(f"{_REQ}.refresh_fill_ids", physical_fill_ids, H.AROUND),
+    HookSpec(f"{_COMMON}.release_kv_cache", compact_before_release, H.BEFORE),
     HookSpec(f"{_TORCH_ATTN}.forward_extend", attention.with_batch_plans, H.AROUND),
     HookSpec(f"{_TORCH_ATTN}._run_sdpa_forward_extend", attention.masked_sdpa_extend, H.AROUND),
     HookSpec(

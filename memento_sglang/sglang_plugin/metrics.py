@@ -32,6 +32,9 @@ class MementoMetrics:
     kv_tokens_saved: Any
     decode_steps: Any
     compaction_seconds: Any
+    tree_tokens_evicted: Any
+    blocks_reused: Any
+    prompt_tokens_reused: Any
 
     @classmethod
     def create(cls, labels: dict[str, Any]) -> MementoMetrics:
@@ -55,6 +58,13 @@ class MementoMetrics:
             kv_tokens_saved=saved,
             decode_steps=counter("decode_steps", "Decode steps prepared by the plugin."),
             compaction_seconds=counter("compaction_seconds", "Scheduler time in compaction."),
+            tree_tokens_evicted=counter(
+                "tree_tokens_evicted", "Block KV slots the radix tree freed when their memento closed."
+            ),
+            blocks_reused=counter("blocks_reused", "Closed prompt blocks skipped through a radix-cache hit."),
+            prompt_tokens_reused=counter(
+                "prompt_tokens_reused", "Logical prompt tokens not prefilled thanks to a radix-cache hit."
+            ),
         )
 
 

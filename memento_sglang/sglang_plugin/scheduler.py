@@ -20,12 +20,14 @@ from memento_sglang.masks import extend_segments
 from memento_sglang.sequence import MementoSequence
 from memento_sglang.sglang_plugin import metrics
 from memento_sglang.sglang_plugin.attention import stage_plans
+from memento_sglang.sglang_plugin.radix_cache import MementoRadixCache
 from memento_sglang.tracker import Eviction
 
 logger = logging.getLogger("memento_sglang")
 
 STATE = "memento"  # attribute on Req
 OUTPUT_SEEN = "_memento_outputs_seen"
+REUSE_REPORTED = "_memento_reuse_reported"
 BUDGET_ROWS = "memento_budget_rows"  # attribute on ForwardBatch
 
 
@@ -56,12 +58,14 @@ def synced(req: Any) -> MementoSequence | None:
 # ------------------------------------------------------------------ requests
 
 
-def attach(req: Any, resolver: Any, *, masked_prefill: bool) -> None:
+def attach(req: Any, resolver: Any, tree_cache: Any, *, masked_prefill: bool) -> None:
     """Give a new request its Memento state, or abort it on a bad per-request config.
 
     With a masked prefill, closed blocks inside the prompt are hidden from the
-    prompt tokens after them and compacted before the first decode step; their KV
-    then differs from a plain prefill's, so such a request stays out of the radix tree.
+    prompt tokens after them and compacted before the first decode step. The
+    Memento radix cache keys such rows in a namespace of their own (the policy
+    decides what the KV means); a stock tree would be poisoned, so there such a
+    request stays out of the tree.
     """
     try:
         spec = resolver.spec_for(req.sampling_params.custom_params)
@@ -78,7 +82,10 @@ def attach(req: Any, resolver: Any, *, masked_prefill: bool) -> None:
     setattr(req, OUTPUT_SEEN, 0)
     if seq.tracker.closed_blocks and (m := metrics.current()) is not None:
         m.blocks_closed.inc(len(seq.tracker.closed_blocks))
-    if seq.has_due():
+    if isinstance(tree_cache, MementoRadixCache) and not tree_cache.disable:
+        seq.radix_keyed = True
+        req.extra_key = f"{req.extra_key or ''}|{spec.kv_namespace(masked_prefill=masked_prefill)}"
+    elif seq.has_due():
         req.skip_radix_cache_insert = True
     if spec.config.debug:
         logger.info(
@@ -93,8 +100,46 @@ def attach(req: Any, resolver: Any, *, masked_prefill: bool) -> None:
 def cap_prefix_match(req: Any, max_prefix_len: int) -> int:
     """A cached prefix is reusable only up to the first query that must not see a block."""
     seq = sequence_of(req)
-    first = None if seq is None else seq.first_due_trigger
+    if seq is None or seq.radix_keyed:  # the Memento radix cache cuts its own matches
+        return max_prefix_len
+    first = seq.first_due_trigger
     return max_prefix_len if first is None else min(max_prefix_len, first + 1)
+
+
+def physical_fill_ids(req: Any) -> bool:
+    """A tree-keyed request's fill ids are its row's ids (compacted spans removed),
+    so SGLang's length arithmetic (prefix, extend) stays in row slots. False
+    leaves the request to SGLang."""
+    seq = synced(req)
+    if seq is None or not seq.radix_keyed:
+        return False
+    req.full_untruncated_fill_ids = seq.physical_ids()
+    return True
+
+
+def compact_before_release(req: Any, tree_cache: Any) -> None:
+    """Before a finished row goes to the tree: compact the blocks whose memento
+    closed since the last decode step, so the tree gets the mementos keyed."""
+    seq = synced(req)
+    if seq is None or not seq.radix_keyed or not seq.has_due() or not req.kv.holds_kv:
+        return
+    due = seq.take_due(req.kv.kv_committed_len + seq.position_offset + 1)
+    if due:
+        pool, allocator = tree_cache.req_to_token_pool, tree_cache.token_to_kv_pool_allocator
+        _compact_row(req, seq, due, pool, allocator, tree_cache)
+
+
+def report_prefix_reuse(batch: Any) -> None:
+    """Count what a prefill batch took from the tree through mementos."""
+    if (m := metrics.current()) is None:
+        return
+    for req in batch.reqs:
+        seq = sequence_of(req)
+        if seq is not None and seq.radix_keyed and not getattr(req, REUSE_REPORTED, False):
+            stats = seq.stats()
+            m.blocks_reused.inc(stats.reused_blocks)
+            m.prompt_tokens_reused.inc(stats.reused_prompt_tokens)
+            setattr(req, REUSE_REPORTED, True)
 
 
 def on_row_released(req: Any) -> None:
@@ -147,7 +192,8 @@ def compact_running_batch(batch: Any) -> None:
             continue
         due = seq.take_due(req.kv.kv_allocated_len + seq.position_offset)
         if due:
-            removed.append((i, _compact_row(req, seq, due, batch)))
+            pool, allocator = batch.req_to_token_pool, batch.token_to_kv_pool_allocator
+            removed.append((i, _compact_row(req, seq, due, pool, allocator, batch.tree_cache)))
     if (m := metrics.current()) is not None:
         m.kv_tokens_saved.set(sum(s.position_offset for r in batch.reqs if (s := sequence_of(r))))
     if not removed:
@@ -165,20 +211,26 @@ def compact_running_batch(batch: Any) -> None:
     batch.seq_lens_sum = None
 
 
-def _compact_row(req: Any, seq: MementoSequence, due: list[Eviction], batch: Any) -> int:
+def _compact_row(
+    req: Any, seq: MementoSequence, due: list[Eviction], pool: Any, allocator: Any, tree_cache: Any
+) -> int:
     """Shift the request's row left over each span and free the slots it owns.
 
     Zero copy: only int32 slot indices move; KV stays where it was computed. Slots
-    in `[0, cache_protected_len)` belong to the radix tree and are not freed here.
+    in `[0, cache_protected_len)` belong to the radix tree and are not freed here;
+    the Memento tree lets go of a block it holds (and frees it if no one else needs it).
     """
     kv = req.kv
-    table = batch.req_to_token_pool.req_to_token
-    allocator = batch.token_to_kv_pool_allocator
+    table = pool.req_to_token
     row = kv.req_pool_idx
     removed = 0
     for ev in due:
         start, end = seq.map.add(ev.start, ev.end)
         n = end - start
+        if seq.radix_keyed:
+            freed = tree_cache.release_block(req, start, end)
+            if freed and (m := metrics.current()) is not None:
+                m.tree_tokens_evicted.inc(freed)
         length = kv.kv_allocated_len
         protected = kv.cache_protected_len
         owned_from = max(start, protected)
@@ -201,7 +253,8 @@ def _compact_row(req: Any, seq: MementoSequence, due: list[Eviction], batch: Any
             )  # fmt: skip
     # The row no longer pairs logical ids with their KV slots one to one; a stock
     # radix tree would be poisoned by inserting it (the prompt stays cached).
-    req.skip_radix_cache_insert = True
+    if not seq.radix_keyed:
+        req.skip_radix_cache_insert = True
     return removed
 
 
@@ -212,6 +265,8 @@ def prepare_forward(forward_batch: Any, batch: Any) -> None:
     """Logical RoPE positions, prefill masks, and the rows whose block budget applies."""
     is_decode = forward_batch.forward_mode.is_decode()
     stage_plans({} if is_decode else _extend_plans(batch))
+    if not is_decode:
+        report_prefix_reuse(batch)
     _offset_positions(forward_batch, batch)
 
 

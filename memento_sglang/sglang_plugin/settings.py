@@ -84,6 +84,17 @@ def masking_backend_choice(raw_config: str | None, backends: dict[str, str | Non
     return {}
 
 
+def radix_cache_choice(raw_config: str | None, cache: dict[str, Any]) -> dict[str, str]:
+    """With `--memento-config` given, the prefix cache defaults to the Memento radix
+    cache (a stock tree cannot hold compacted rows, so Memento requests would skip it).
+    An explicit `--radix-cache-backend`, `--disable-radix-cache` or HiCache wins."""
+    if raw_config is None or any(cache.values()):
+        return {}
+    from memento_sglang.sglang_plugin.radix_cache import BACKEND_NAME
+
+    return {"radix_cache_backend": BACKEND_NAME}
+
+
 def server_config(server_args: Any) -> MementoConfig:
     return MementoConfig.parse(server_config_text(getattr(server_args, ATTRIBUTE, None)))
 

@@ -1,0 +1,153 @@
+"""The Memento radix cache: mementos as shareable nodes, closed blocks leave the tree.
+
+SGLang's radix tree pairs token ids with KV slots one to one, which a compacted
+row breaks. This subclass of SGLang's pure-Python `RadixCache` keys a Memento
+request by its compacted row (`memento_sglang.radix_keys`), under its own
+`extra_key` namespace, and leaves every other request to the stock code:
+
+* match: a request with closed blocks in its prompt matches through its mementos;
+  the blocks the match covers are never prefilled (they are applied to the
+  request's map at once), the rest go through the masked prefill;
+* insert: never past the end of a block that may still leave the row;
+* compaction: when a block the tree holds leaves a row, the request's lock moves
+  to the block's start and the block's nodes that no request still needs are
+  evicted at once; a fork still inside the block keeps them locked.
+
+Why not the Rust core: moving a lock to a split point and deleting one branch on
+demand need the node objects, which only the Python tree exposes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult
+from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
+
+from memento_sglang.sequence import MementoSequence
+
+logger = logging.getLogger("memento_sglang")
+
+BACKEND_NAME = "memento"
+
+
+def keyed_sequence(req: Any) -> MementoSequence | None:
+    """The request's Memento state when the tree keys it the Memento way."""
+    seq = getattr(req, "memento", None) if req is not None else None
+    return seq if seq is not None and seq.radix_keyed else None
+
+
+class MementoRadixCache(RadixCache):
+    """`RadixCache` with Memento keys, exact reuse cuts and block-subtree eviction."""
+
+    eagerly_evicted_tokens = 0  # block tokens freed at memento close (a running total)
+
+    # ---------------------------------------------------------------- match
+
+    def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
+        seq = keyed_sequence(params.req)
+        if seq is None or self.disable:
+            return super().match_prefix(params)
+        req = params.req
+        if req.kv.holds_kv:  # a running request: its row is already compacted
+            limit = min(seq.insert_limit(), seq.total_len - seq.position_offset - 1)
+            node, depth = self._walk(seq.radix_key(limit), req)
+            return self._result(node, depth)
+        key = seq.prospective_key()
+        node, matched = self._walk(key, req)
+        logical_limit = req._compute_max_prefix_len(seq.total_len)
+        cut = seq.adopt_cached_prefix(matched, logical_limit)
+        if cut < matched:
+            node = self._node_at_depth(node, matched, cut)
+        # SGLang slices the extend from the fill ids by the matched length: they
+        # must be the row's (physical) ids, without the blocks just adopted.
+        req.full_untruncated_fill_ids = seq.physical_ids()
+        return self._result(node, cut)
+
+    def _walk(self, key_ids, req: Any) -> tuple[TreeNode, int]:
+        key = RadixKey(key_ids, req.extra_key, cache_salt=req.cache_salt)
+        if len(key) == 0:
+            return self.root_node, 0
+        values, node = self._match_prefix_helper(self.root_node, key)
+        return node, sum(len(v) for v in values)
+
+    @staticmethod
+    def _result(node: TreeNode, depth: int) -> MatchResult:
+        return MatchResult(
+            device_prefix_len=depth, last_device_node=node, last_host_node=node, best_match_node=node
+        )
+
+    def _node_at_depth(self, node: TreeNode, node_depth: int, depth: int) -> TreeNode:
+        """The node whose path ends exactly `depth` slots from the root (split if needed)."""
+        while node is not self.root_node and node_depth - len(node.key) >= depth:
+            node_depth -= len(node.key)
+            node = node.parent
+        if node_depth == depth:
+            return node
+        return self._split_node(node.key, node, depth - (node_depth - len(node.key)))
+
+    # --------------------------------------------------------------- insert
+
+    def checkpoint(self, req: Any, *, up_to: int) -> None:
+        seq = keyed_sequence(req)
+        if seq is None or self.disable:
+            return super().checkpoint(req, up_to=up_to)
+        up_to = min(up_to, seq.insert_limit())
+        if up_to <= req.kv.cache_protected_len:
+            return
+        radix_key, _, _ = self._insert_cache(req, seq.radix_key(up_to))
+        new_last_node = self.match_prefix(MatchPrefixParams(key=radix_key)).last_device_node
+        new_indices = self.path_device_indices(new_last_node)
+        protected = req.kv.cache_protected_len
+        self.req_to_token_pool.write(
+            (req.kv.req_pool_idx, slice(protected, len(new_indices))), new_indices[protected:]
+        )
+        req.kv.cache_protected_len = len(new_indices)
+        self.unlock(req.lock)
+        req.lock = self.lock(new_last_node)
+        req.last_node = new_last_node
+
+    # ----------------------------------------------------------- compaction
+
+    def release_block(self, req: Any, start: int, end: int) -> int:
+        """Row slots `[start, end)` (a closed block) are leaving `req`'s row.
+
+        The tree part of it stops being the request's: its lock moves to the node
+        ending at `start`, and the block's nodes no request still needs are evicted.
+        Returns the number of KV slots freed that way.
+        """
+        protected = req.kv.cache_protected_len
+        if self.disable or req.lock is None or not start < protected <= end:
+            return 0  # nothing of the block in the tree, or tree-owned slots follow it
+        old = req.lock.node
+        new = self._node_at_depth(old, protected, start)
+        lock = self.lock(new)
+        self.unlock(req.lock)
+        req.lock, req.last_node = lock, new
+        freed = self._evict_branch(old, stop=new)
+        self.eagerly_evicted_tokens += freed
+        return freed
+
+    def _evict_branch(self, node: TreeNode, *, stop: TreeNode) -> int:
+        freed = 0
+        while node is not stop and node is not self.root_node and node.lock_ref == 0 and not node.children:
+            parent = node.parent
+            self.token_to_kv_pool_allocator.free_segment(node.value, start_pos=0)
+            freed += len(node.value)
+            self._delete_leaf(node)
+            self.kv_events.record_remove(node)
+            node = parent
+        return freed
+
+
+def factory(ctx: Any) -> MementoRadixCache:
+    """`--radix-cache-backend memento` (registered by the plugin)."""
+    from memento_sglang.sglang_plugin.settings import MementoStartupError
+
+    if ctx.is_hybrid_swa or ctx.is_hybrid_ssm or ctx.enable_hierarchical_cache:
+        raise MementoStartupError(
+            "the Memento radix cache serves full-attention models without hierarchical "
+            "caching; pass --radix-cache-backend with another cache, or --disable-radix-cache"
+        )
+    return MementoRadixCache(ctx.params)
