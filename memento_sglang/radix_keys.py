@@ -61,3 +61,19 @@ def radix_key(ids: Sequence[int], spans: Sequence[Span], length: int | None = No
 def physical_index(logical: int, spans: Sequence[Span]) -> int:
     """Physical index of a logical position that is not inside a span."""
     return logical - sum(min(end, logical) - start for start, end in spans if start < logical)
+
+
+def physical_limit(logical_limit: int, spans: Sequence[Span]) -> int:
+    """The longest physical prefix covering at most `logical_limit` logical tokens.
+
+    Covering a span takes the slot after it (its fingerprint), so a limit inside
+    a span, or at its end, stops right before the span.
+    """
+    removed = 0
+    for start, end in spans:
+        if logical_limit <= start:
+            break
+        if logical_limit <= end:
+            return start - removed
+        removed += end - start
+    return logical_limit - removed

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pydantic import BaseModel, ConfigDict
 
 from memento_sglang.config import MementoSpec
-from memento_sglang.radix_keys import physical_index, radix_key, without_spans
+from memento_sglang.radix_keys import physical_index, physical_limit, radix_key, without_spans
 from memento_sglang.tracker import BlockTracker, Eviction
 
 
@@ -39,6 +39,8 @@ class MementoStats(BaseModel):
     anomalies: int
     reused_prompt_tokens: int = 0
     reused_blocks: int = 0
+    tree_kv_slots: int = 0
+    own_kv_slots: int = 0
 
 
 class EvictionMap:
@@ -97,6 +99,7 @@ class MementoSequence:
         self.radix_keyed = False  # KV shared through the Memento radix tree (set by the host)
         self._ids = array("q", prompt_ids)  # every token fed: prompt, then outputs
         self._reused = (0, 0)  # (logical prompt tokens, blocks) adopted from the tree
+        self._row_slots = (0, 0)  # (tree-owned, request-owned) slots of the KV row
         self.tracker = BlockTracker(spec)
         self.map = EvictionMap()
         self._decided: list[Eviction] = []  # enacted decisions, in trigger order
@@ -210,13 +213,9 @@ class MementoSequence:
         """
         spans = self._due_spans()
         pending = [physical_index(e, spans) for e in self.tracker.pending_span_ends()]
-        cut = min([matched, *pending])
+        cut = min([matched, physical_limit(logical_limit, spans), *pending])
         while True:
             covered = [ev for ev in self._due if physical_index(ev.end, spans) < cut]
-            logical = cut + sum(ev.size for ev in covered)
-            if logical > logical_limit:
-                cut -= logical - logical_limit
-                continue
             inside = [
                 physical_index(ev.end, spans) for ev in covered
                 if cut <= physical_index(max(ev.trigger, ev.end), spans)
@@ -224,6 +223,7 @@ class MementoSequence:
             if not inside:
                 break
             cut = min(inside)  # the span's own slot: stop right before it
+        logical = cut + sum(ev.size for ev in covered)
         for ev in covered:
             self.map.add(ev.start, ev.end)
             self._due.popleft()
@@ -234,6 +234,10 @@ class MementoSequence:
         return [*self.map.spans, *((ev.start, ev.end) for ev in self._due)]
 
     # -------------------------------------------------------------------- stats
+
+    def observe_row(self, tree_slots: int, own_slots: int) -> None:
+        """The host's view of the KV row: slots shared through the tree, slots owned."""
+        self._row_slots = (tree_slots, own_slots)
 
     def stats(self) -> MementoStats:
         return MementoStats(
@@ -246,6 +250,8 @@ class MementoSequence:
             anomalies=len(self.tracker.anomalies),
             reused_prompt_tokens=self._reused[0],
             reused_blocks=self._reused[1],
+            tree_kv_slots=self._row_slots[0],
+            own_kv_slots=self._row_slots[1],
         )
 
     def _decide(self, ev: Eviction) -> None:

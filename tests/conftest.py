@@ -28,6 +28,10 @@ SERVERS = [
     # SGLang's own retraction test mode: every third decode step retracts a request,
     # which comes back through a (masked) re-prefill and re-compaction.
     ServerSpec("retract", ("--memento-config", SERVER_MEMENTO_ON), env=(("SGLANG_TEST_RETRACT", "1"),)),
+    # A KV pool too small for every cached trace: the radix tree evicts under pressure.
+    ServerSpec(
+        "pressure", ("--memento-config", SERVER_MEMENTO_ON, "--max-total-tokens", "600", "--enable-metrics")
+    ),
 ]
 
 

@@ -157,8 +157,7 @@ def physical_fill_ids(original, self, *args, **kwargs):
 
 def compact_before_release(req, tree_cache, *args, checkpoint=False, **kwargs):
     """A finished row reaches the Memento tree with its closed blocks compacted."""
-    if checkpoint:
-        scheduler.compact_before_release(req, tree_cache)
+    scheduler.compact_before_release(req, tree_cache, checkpoint=checkpoint)
 
 
 def cap_cached_prefix(max_prefix_len, self, *args, **kwargs):

@@ -117,16 +117,25 @@ def physical_fill_ids(req: Any) -> bool:
     return True
 
 
-def compact_before_release(req: Any, tree_cache: Any) -> None:
-    """Before a finished row goes to the tree: compact the blocks whose memento
-    closed since the last decode step, so the tree gets the mementos keyed."""
+def observe_row(req: Any, seq: MementoSequence) -> None:
+    if req.kv.holds_kv:
+        protected = req.kv.cache_protected_len
+        seq.observe_row(protected, req.kv.kv_allocated_len - protected)
+
+
+def compact_before_release(req: Any, tree_cache: Any, *, checkpoint: bool) -> None:
+    """Before a row is released: a finished row bound for the Memento tree first
+    compacts the blocks whose memento closed since the last decode step (so the
+    tree gets the mementos keyed); then the row's last shape goes into the stats."""
     seq = synced(req)
-    if seq is None or not seq.radix_keyed or not seq.has_due() or not req.kv.holds_kv:
+    if seq is None or not req.kv.holds_kv:
         return
-    due = seq.take_due(req.kv.kv_committed_len + seq.position_offset + 1)
-    if due:
-        pool, allocator = tree_cache.req_to_token_pool, tree_cache.token_to_kv_pool_allocator
-        _compact_row(req, seq, due, pool, allocator, tree_cache)
+    if checkpoint and seq.radix_keyed and seq.has_due():
+        due = seq.take_due(req.kv.kv_committed_len + seq.position_offset + 1)
+        if due:
+            pool, allocator = tree_cache.req_to_token_pool, tree_cache.token_to_kv_pool_allocator
+            _compact_row(req, seq, due, pool, allocator, tree_cache)
+    observe_row(req, seq)
 
 
 def report_prefix_reuse(batch: Any) -> None:
@@ -342,6 +351,9 @@ def memento_streamer_class(base: type) -> type:
         def build_additional_customized_info(self, reqs):
             info = super().build_additional_customized_info(reqs)
             seqs = [synced(r) for r in reqs]
+            for req, seq in zip(reqs, seqs, strict=True):
+                if seq is not None:
+                    observe_row(req, seq)
             if any(s is not None for s in seqs):
                 info["memento"] = [None if s is None else s.stats().model_dump() for s in seqs]
             return info

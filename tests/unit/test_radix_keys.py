@@ -1,0 +1,105 @@
+"""Radix keys of compacted rows and the exact reuse cut of a cached prefix."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.synthetic import BS, SE, spec, tokens
+
+from memento_sglang.radix_keys import fingerprint, is_fingerprint, radix_key, without_spans
+from memento_sglang.sequence import MementoSequence
+
+# "A [ w w ] ( s ) [ w w w ] ( s s ) w": positions
+#  0 1 | 2 3 4 5 | 6 7 8 | 9 10 11 12 13 | 14 15 16 17 | 18
+TRACE = "A [ w w ] ( s ) [ w w w ] ( s s ) w"
+
+
+def prompt_sequence(text: str = TRACE, **options) -> MementoSequence:
+    return MementoSequence(spec(mask_delimiters=False, **options), tokens(text), evict_prompt_blocks=True)
+
+
+def test_key_replaces_the_token_after_each_span_by_a_fingerprint():
+    ids = tokens(TRACE)
+    spans = [(3, 5), (10, 13)]
+    key = radix_key(ids, spans)
+    assert len(key) == len(without_spans(ids, spans)) == len(ids) - 5
+    assert [i for i, k in enumerate(key) if is_fingerprint(k)] == [3, 8]
+    assert key[3] == fingerprint(ids[3:5], ids[5])
+    assert radix_key(ids, spans, 7) == key[:7]
+    assert list(radix_key(ids, [])) == list(without_spans(ids, [])) == tokens(TRACE)
+
+
+CONTENT = st.lists(st.integers(50, 60), min_size=1, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(CONTENT, CONTENT)
+def test_different_evicted_content_gives_different_keys(a, b):
+    """The memento after a block attended to it: other content must be another key."""
+    head = tokens("A [")
+    tail = tokens("] ( s ) w")
+    key_a = radix_key(head + a + tail, [(len(head), len(head) + len(a))])
+    key_b = radix_key(head + b + tail, [(len(head), len(head) + len(b))])
+    assert (key_a == key_b) == (a == b)
+
+
+def test_full_match_covers_every_closed_block_but_the_last_query():
+    seq = prompt_sequence(TRACE)
+    key = seq.prospective_key()
+    cut = seq.adopt_cached_prefix(len(key), logical_limit=seq.total_len - 1)
+    assert cut == len(key) - 1  # everything but `w`, whose logits the request needs
+    assert seq.map.spans == ((3, 5), (10, 13)) and not seq.has_due()
+    assert seq.stats().reused_blocks == 2 and seq.stats().reused_prompt_tokens == 18
+    assert list(seq.physical_ids()) == list(without_spans(tokens(TRACE), [(3, 5), (10, 13)]))
+
+
+def test_a_cut_inside_a_memento_falls_back_to_its_block():
+    """The memento's uncached tokens must attend to the block: prefill it again."""
+    seq = prompt_sequence(TRACE)
+    key = seq.prospective_key()
+    in_second_memento = key.index(SE, 7)  # cut right before the 2nd memento closes
+    cut = seq.adopt_cached_prefix(in_second_memento, logical_limit=seq.total_len - 1)
+    assert cut == 8  # the slot right after the 2nd `[`: its content is prefilled again
+    assert seq.map.spans == ((3, 5),)
+    assert [(ev.start, ev.end) for ev in seq.due_evictions()] == [(10, 13)]
+
+
+def test_logical_limit_counts_the_skipped_blocks():
+    seq = prompt_sequence(TRACE)
+    seq.prospective_key()
+    cut = seq.adopt_cached_prefix(100, logical_limit=9)  # up to the 2nd `[` (logical 9)
+    assert cut == 9 - 2 and seq.map.spans == ((3, 5),)
+    seq.prospective_key()
+    cut = seq.adopt_cached_prefix(100, logical_limit=12)  # inside the 2nd block: stop before it
+    assert cut == 8 and seq.map.spans == ((3, 5),)
+
+
+def test_rematch_forgets_an_earlier_adoption():
+    seq = prompt_sequence(TRACE)
+    seq.adopt_cached_prefix(len(seq.prospective_key()), logical_limit=seq.total_len - 1)
+    key = seq.prospective_key()
+    assert seq.adopt_cached_prefix(0, logical_limit=seq.total_len - 1) == 0
+    assert seq.map.spans == () and len(seq.due_evictions()) == 2 and len(key) == seq.total_len - 5
+
+
+def test_insert_limit_stops_at_an_unsettled_block():
+    seq = MementoSequence(spec(mask_delimiters=False), tokens("A"))
+    seq.on_output_tokens([BS, *tokens("w w")])
+    assert seq.insert_limit() == 5  # an open block: its content may be shared
+    seq.on_output_tokens(tokens("] ( s"))
+    assert seq.insert_limit() == 5  # its memento is not: it changes when the block leaves
+    seq.on_output_tokens(tokens(")"))
+    assert seq.insert_limit() == 5  # decided, not compacted yet
+    seq.take_due(100)
+    seq.map.add(3, 5)
+    assert seq.insert_limit() == seq.total_len - 2
+
+
+def test_kept_blocks_cap_the_match_and_the_insert():
+    """keep_last_n_blocks=1: the 1st block leaves at the 2nd memento's close, and the
+    2nd block (kept) may still leave, so nothing past the 1st block is reusable."""
+    seq = prompt_sequence(TRACE, keep_last_n_blocks=1)
+    key = seq.prospective_key()
+    cut = seq.adopt_cached_prefix(len(key), logical_limit=seq.total_len - 1)
+    assert cut == 3 and seq.map.spans == ()
+    assert seq.insert_limit() == 5
