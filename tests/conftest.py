@@ -29,9 +29,7 @@ SERVERS = [
     # which comes back through a (masked) re-prefill and re-compaction.
     ServerSpec("retract", ("--memento-config", SERVER_MEMENTO_ON), env=(("SGLANG_TEST_RETRACT", "1"),)),
     # A KV pool too small for every cached trace: the radix tree evicts under pressure.
-    ServerSpec(
-        "pressure", ("--memento-config", SERVER_MEMENTO_ON, "--max-total-tokens", "600", "--enable-metrics")
-    ),
+    ServerSpec("pressure", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics"), max_total_tokens=300),
 ]
 
 

@@ -12,28 +12,12 @@ from support.client import (
     chat_prompt,
     memento_body,
     opt_in,
+    prompt_with_closed_blocks,
     run_and_check,
 )
 from support.mask_rule import visible_matrix
 
 pytestmark = pytest.mark.server
-
-WORDS = [
-    "we", "add", "the", "numbers", "then", "check", "the",
-    "sum", "and", "the", "product", "of", "the", "primes",
-]  # fmt: skip
-
-
-def prompt_with_closed_blocks(tokenizer, token_ids, n_closed: int) -> list[int]:
-    ids = chat_prompt(tokenizer, "Continue the reasoning.")
-    ids.append(tokenizer.convert_tokens_to_ids("<think>"))
-    for i in range(n_closed):
-        block = " ".join(WORDS[i : i + 4 + i % 3])
-        memento = " ".join(WORDS[-2 - i % 2 :])
-        ids += [token_ids.block_start, *tokenizer.encode(block, add_special_tokens=False)]
-        ids += [token_ids.block_end, token_ids.summary_start]
-        ids += [*tokenizer.encode(memento, add_special_tokens=False), token_ids.summary_end]
-    return ids
 
 
 @pytest.mark.parametrize("n_closed", [0, 1, 3, 5])

@@ -12,9 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from support.client import SERVER_DEFAULT, assert_matches_reference, chat_prompt, memento_body, opt_in
+from support.client import (
+    SERVER_DEFAULT,
+    assert_matches_reference,
+    chat_prompt,
+    memento_body,
+    opt_in,
+    prompt_with_closed_blocks,
+)
 from support.mask_rule import hidden_spans
-from test_masked_prefill import prompt_with_closed_blocks
 
 pytestmark = pytest.mark.server
 
@@ -169,8 +175,12 @@ def test_lru_eviction_under_pressure_keeps_forks_exact(server_pool, reference, t
     """A pool too small for every cached trace: the tree evicts by LRU while forks hold
     their shared prefix; every output stays exact and nothing leaks."""
     server = server_pool.get("pressure")
-    base = prompt_with_closed_blocks(tokenizer, token_ids, 2)
-    prompts = [base + tokenizer.encode(f" case {i}") + [token_ids.block_start] for i in range(6)]
+    questions = [
+        f"Case {i}: " + " ".join(["seven", "primes", "sum"][(i + j) % 3] for j in range(24)) for i in range(6)
+    ]
+    prompts = [
+        prompt_with_closed_blocks(tokenizer, token_ids, 2, q) + [token_ids.block_start] for q in questions
+    ]
 
     def fork_group(prompt):
         server.generate(resume_body(prompt, max_new_tokens=0))
@@ -185,5 +195,6 @@ def test_lru_eviction_under_pressure_keeps_forks_exact(server_pool, reference, t
     metrics = requests.get(server.url + "/metrics", timeout=30).text
     counters = re.findall(r"^sglang:evicted_tokens_total(?:\{[^}]*\})? (\S+)", metrics, re.M)
     evicted = sum(map(float, counters))
-    assert evicted > 0, "the tree never evicted: the pool was not under pressure"
+    evict_lines = [line for line in metrics.splitlines() if "evict" in line and not line.startswith("#")]
+    assert evicted > 0, f"the tree never evicted: the pool was not under pressure: {evict_lines}"
     server.assert_healthy()

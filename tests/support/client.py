@@ -18,6 +18,26 @@ def chat_prompt(tokenizer, user_text: str) -> list[int]:
     )
 
 
+WORDS = [
+    "we", "add", "the", "numbers", "then", "check", "the",
+    "sum", "and", "the", "product", "of", "the", "primes",
+]  # fmt: skip
+
+
+def prompt_with_closed_blocks(
+    tokenizer, token_ids, n_closed: int, question: str = "Continue the reasoning."
+) -> list[int]:
+    ids = chat_prompt(tokenizer, question)
+    ids.append(tokenizer.convert_tokens_to_ids("<think>"))
+    for i in range(n_closed):
+        block = " ".join(WORDS[i : i + 4 + i % 3])
+        memento = " ".join(WORDS[-2 - i % 2 :])
+        ids += [token_ids.block_start, *tokenizer.encode(block, add_special_tokens=False)]
+        ids += [token_ids.block_end, token_ids.summary_start]
+        ids += [*tokenizer.encode(memento, add_special_tokens=False), token_ids.summary_end]
+    return ids
+
+
 def memento_body(
     prompt_ids: list[int],
     blocks: Sequence[tuple[int, int]],
