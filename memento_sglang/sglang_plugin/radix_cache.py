@@ -78,6 +78,13 @@ class MementoRadixCache(RadixCache):
             device_prefix_len=depth, last_device_node=node, last_host_node=node, best_match_node=node
         )
 
+    def _depth(self, node: TreeNode) -> int:
+        depth = 0
+        while node is not self.root_node:
+            depth += len(node.key)
+            node = node.parent
+        return depth
+
     def _node_at_depth(self, node: TreeNode, node_depth: int, depth: int) -> TreeNode:
         """The node whose path ends exactly `depth` slots from the root (split if needed)."""
         while node is not self.root_node and node_depth - len(node.key) >= depth:
@@ -121,23 +128,36 @@ class MementoRadixCache(RadixCache):
         if self.disable or req.lock is None or not start < protected <= end:
             return 0  # nothing of the block in the tree, or tree-owned slots follow it
         old = req.lock.node
-        new = self._node_at_depth(old, protected, start)
+        new = self._node_at_depth(old, self._depth(old), start)
         lock = self.lock(new)
         self.unlock(req.lock)
         req.lock, req.last_node = lock, new
-        freed = self._evict_branch(old, stop=new)
+        block_root = old
+        while block_root.parent is not new:
+            block_root = block_root.parent
+        freed = self._evict_unlocked(block_root)
         self.eagerly_evicted_tokens += freed
         return freed
 
-    def _evict_branch(self, node: TreeNode, *, stop: TreeNode) -> int:
+    def _evict_unlocked(self, root: TreeNode) -> int:
+        """Free every node of `root`'s subtree that no request locks (leaves first).
+
+        Below a block's first content slot the tree holds only that block's content
+        (insertion stops at a block's end while its memento may still close), so the
+        whole unlocked subtree is the closed block, as written by any request.
+        """
         freed = 0
-        while node is not stop and node is not self.root_node and node.lock_ref == 0 and not node.children:
-            parent = node.parent
-            self.token_to_kv_pool_allocator.free_segment(node.value, start_pos=0)
-            freed += len(node.value)
-            self._delete_leaf(node)
-            self.kv_events.record_remove(node)
-            node = parent
+        stack, order = [root], []
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(node.children.values())
+        for node in reversed(order):  # children before parents
+            if node.lock_ref == 0 and not node.children:
+                self.token_to_kv_pool_allocator.free_segment(node.value, start_pos=0)
+                freed += len(node.value)
+                self._delete_leaf(node)
+                self.kv_events.record_remove(node)
         return freed
 
 

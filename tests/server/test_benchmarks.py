@@ -44,3 +44,15 @@ def test_compaction_overhead_counts_steps_and_time(default_server, tokenizer):
     assert evicting["tokens_evicted"] == 3 * 2 * 6 and keeping["tokens_evicted"] == 0
     for row in (evicting, keeping):
         assert row["decode_steps"] > 0 and 0 < row["compaction_share"] < 1
+
+
+def test_prefix_sharing_forks_reuse_the_memento_state(default_server, tokenizer):
+    sharing = _load("prefix_sharing")
+    shape = {"closed_blocks": 2, "block_tokens": 8, "memento_tokens": 2, "new_block_tokens": 3}
+    workload = sharing.Workload(forks=3, **shape)
+    row = sharing.run(default_server.url, default_server.log_text, tokenizer, workload, memento=True)
+    assert row["requests"] == 3 and row["output_tokens"] > 0
+    state = sharing.shared_state(tokenizer, tokenizer.get_vocab(), workload, 0)
+    evicted = 2 * 8  # both closed blocks' content left every row and was never prefilled again
+    assert row["cached_tokens"] >= 3 * (len(state) - evicted)
+    assert sharing.peak_used_tokens("Decode batch, #running-req: 3, #token: 57, token usage: 0.01") == 57

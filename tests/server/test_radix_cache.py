@@ -198,3 +198,38 @@ def test_lru_eviction_under_pressure_keeps_forks_exact(server_pool, reference, t
     evict_lines = [line for line in metrics.splitlines() if "evict" in line and not line.startswith("#")]
     assert evicted > 0, f"the tree never evicted: the pool was not under pressure: {evict_lines}"
     server.assert_healthy()
+
+
+def tree_tokens_evicted(server) -> float:
+    metrics = requests.get(server.url + "/metrics", timeout=30).text
+    return sum(
+        map(float, re.findall(r"^sglang:memento_tree_tokens_evicted_total\{[^}]*\} (\S+)", metrics, re.M))
+    )
+
+
+def test_forks_inside_a_block_share_it_until_their_mementos_close(
+    default_server, plain_server, reference, tokenizer, token_ids
+):
+    """Forks from inside an open block read its content from the tree; once the last
+    of them closes its memento, the block's nodes leave the tree at once."""
+    content = tokenizer.encode(" ".join(["seven", "primes"] * 6), add_special_tokens=False)
+    prompt = prompt_with_closed_blocks(tokenizer, token_ids, 1, "Fork inside a block") + [
+        token_ids.block_start
+    ]
+    prompt += content
+    default_server.generate(resume_body(prompt, max_new_tokens=0))
+    before = tree_tokens_evicted(default_server)
+    bodies = [
+        memento_body(prompt, [], resume_open_block=(n, 2), in_think=True, memento=opt_in({})) for n in (2, 9)
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(default_server.generate, bodies))
+    shared = len(prompt) - 1 - evicted_before(prompt, token_ids, len(prompt))
+    for body, out in zip(bodies, outs, strict=True):
+        assert out["meta_info"]["cached_tokens"] == shared  # the open block's content came from the tree
+        assert out["output_ids"] == plain_server.generate(body)["output_ids"]
+        assert_matches_reference(reference, token_ids, prompt, out["output_ids"], SERVER_DEFAULT)
+    assert outs[0]["output_ids"] != outs[1]["output_ids"]
+    # every slot of the block's content (the prompt's tail after `<|block_start|>`) left the tree
+    assert tree_tokens_evicted(default_server) - before == len(content)
+    default_server.assert_healthy()
