@@ -57,6 +57,9 @@ class MementoRadixCache(RadixCache):
         key = seq.prospective_key()
         node, matched = self._walk(key, req)
         logical_limit = req._compute_max_prefix_len(seq.total_len)
+        if req.return_logprob and req.logprob_start_len >= 0 and seq.due_evictions():
+            # input logprobs are indexed by prompt position: skip no block before them
+            logical_limit = min(logical_limit, seq.due_evictions()[0].start)
         cut = seq.adopt_cached_prefix(matched, logical_limit)
         if cut < matched:
             node = self._node_at_depth(node, matched, cut)
