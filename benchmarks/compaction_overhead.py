@@ -22,11 +22,12 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+from _common import add_server_options, machine, server_setup  # noqa: E402
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
-from memento_sglang.models.tiny import tiny_model_path  # noqa: E402
 
 COUNTERS = ("decode_steps_total", "compaction_seconds_total", "tokens_evicted_total")
 
@@ -92,14 +93,15 @@ def main() -> None:
     )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--out", type=Path, default=Path("artifacts/compaction_overhead.json"))
+    add_server_options(parser)
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
 
-    model = tiny_model_path()
+    model, extra = server_setup(args)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    spec = ServerSpec("overhead", ("--enable-metrics", "--max-running-requests", str(max(args.batches))),
-                      max_total_tokens=80000)  # fmt: skip
+    flags = ("--enable-metrics", "--max-running-requests", str(max(args.batches)), *extra)
+    spec = ServerSpec("overhead", flags, max_total_tokens=80000)
     server = ServerProcess(spec, model)
     server.start()
     rows = []
@@ -111,7 +113,7 @@ def main() -> None:
     finally:
         server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": "cpu", "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     print(f"{'batch':>5} {'evict':>5} {'steps':>6} {'compaction us/step':>19} {'step ms':>8} {'share':>7}")
     for r in rows:
         us, share = r["compaction_us_per_step"], 100 * r["compaction_share"]

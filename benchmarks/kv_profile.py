@@ -23,11 +23,12 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+from _common import add_server_options, server_setup  # noqa: E402
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
-from memento_sglang.models.tiny import tiny_model_path  # noqa: E402
 
 PAPER_BLOCK_TOKENS, PAPER_MEMENTO_TOKENS, PAPER_BLOCKS = 1150, 194, 9
 
@@ -186,13 +187,14 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.1, help="paper lengths times this")
     parser.add_argument("--blocks", type=int, default=PAPER_BLOCKS)
     parser.add_argument("--out", type=Path, default=Path("artifacts/kv_profile"))
+    add_server_options(parser)
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
 
-    model = tiny_model_path()
+    model, extra = server_setup(args)
     shape = TraceShape.paper(args.scale, args.blocks)
-    server = ServerProcess(ServerSpec("kv-profile", (), max_total_tokens=40000), model)
+    server = ServerProcess(ServerSpec("kv-profile", extra, max_total_tokens=40000), model)
     server.start()
     try:
         server.wait_ready()

@@ -22,10 +22,10 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+from _common import add_server_options, machine, server_setup  # noqa: E402
 from support.server import ServerProcess, ServerSpec  # noqa: E402
-
-from memento_sglang.models.tiny import tiny_model_path  # noqa: E402
 
 
 def build_prompt(tokenizer, size: int, n_blocks: int) -> list[int]:
@@ -80,11 +80,12 @@ def main() -> None:
         help="SGLang's prefill chunk (its CPU default is 4096; chunks after the first carry a prefix)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("artifacts/masked_prefill.json"))
+    add_server_options(parser)
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
 
-    model = tiny_model_path()
+    model, extra = server_setup(args)
     tokenizer = AutoTokenizer.from_pretrained(model)
     config = json.dumps({"mask_delimiters": False})
     context = max(args.sizes) + 64
@@ -102,6 +103,7 @@ def main() -> None:
                 "--context-length",
                 str(context),
                 *chunking,
+                *extra,
             ),
             max_total_tokens=2 * context,
             env=(("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1"),),
@@ -129,7 +131,7 @@ def main() -> None:
     finally:
         server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": "cpu", "chunked_prefill_size": args.chunked_prefill_size}
+    meta = {"machine": machine(), "chunked_prefill_size": args.chunked_prefill_size}
     args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2))
     print(f"{'tokens':>7} {'blocks':>6} {'masked tok/s':>13} {'unmasked tok/s':>15} {'ratio':>6}")
     for r in rows:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +30,12 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+from _common import add_server_options, machine, peak_used_tokens, server_setup  # noqa: E402
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
-from memento_sglang.models.tiny import tiny_model_path  # noqa: E402
 
 MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False})
 CONFIGS = {
@@ -92,10 +92,6 @@ def request_body(prompt: list[int], workload: Workload, memento: bool, max_new_t
     return {"input_ids": prompt, "sampling_params": params}
 
 
-def peak_used_tokens(log: str) -> int:
-    return max((int(n) for n in re.findall(r"Decode batch.*?#token: (\d+)", log)), default=0)
-
-
 def run(url: str, log_text, tokenizer, workload: Workload, memento: bool) -> dict:
     """Warm each shared state (as `s.fork(n)` does), then send every fork at once."""
     vocab = tokenizer.get_vocab()
@@ -137,16 +133,17 @@ def main() -> None:
     for name, value in asdict(Workload()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
     parser.add_argument("--out", type=Path, default=Path("artifacts/prefix_sharing.json"))
+    add_server_options(parser)
     args = parser.parse_args()
     workload = Workload(**{k: getattr(args, k) for k in asdict(Workload())})
 
     from transformers import AutoTokenizer
 
-    model = tiny_model_path()
+    model, extra = server_setup(args)
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = {}
     for name, flags in tqdm(CONFIGS.items(), desc="servers"):
-        spec = ServerSpec(name, (*flags, "--decode-log-interval", "1"), max_total_tokens=60000)
+        spec = ServerSpec(name, (*flags, "--decode-log-interval", "1", *extra), max_total_tokens=60000)
         server = ServerProcess(spec, model)
         server.start()
         try:
@@ -156,7 +153,7 @@ def main() -> None:
             server.stop()
     peak = {name: r["peak_kv_tokens"] for name, r in rows.items()}
     result = {
-        "machine": "cpu",
+        "machine": machine(),
         "workload": asdict(workload),
         "rows": rows,
         "kv_vs_no_sharing": peak["memento_radix"] / peak["memento_no_sharing"],

@@ -1,15 +1,17 @@
-"""`memento-sglang`: serve (SGLang's launcher + CPU defaults), demo, build the tiny model."""
+"""`memento-sglang`: serve (SGLang's launcher + CPU defaults), demo, build models."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = """usage: memento-sglang {serve,demo,tiny-model} [args]
+USAGE = """usage: memento-sglang {serve,demo,tiny-model,model-shell} [args]
 
   serve       python -m sglang.launch_server's arguments (plus --memento-config);
               CPU defaults applied when no GPU is present
   demo        run the CPU demo on the embedded tiny model (sgl.Engine in-process)
   tiny-model  build the tiny Memento Qwen3 (cached) and print its path
+  model-shell SHAPE DIR: a config-only Qwen3 of a real size (qwen3-0.6b, qwen3-8b) for
+              GPU benchmarks with SGLang's --load-format dummy
 """
 
 
@@ -28,6 +30,14 @@ def main(argv: list[str] | None = None) -> None:
         from memento_sglang.models.tiny import tiny_model_path
 
         print(tiny_model_path())
+    elif command == "model-shell" and len(rest) == 2:
+        from pathlib import Path
+
+        from memento_sglang.models.shapes import SHAPES, build_model_shell
+
+        if rest[0] not in SHAPES:
+            raise SystemExit(f"unknown shape {rest[0]!r}; known: {', '.join(SHAPES)}")
+        print(build_model_shell(Path(rest[1]), rest[0]))
     else:
         print(USAGE, file=sys.stderr)
         raise SystemExit(0 if command in ("-h", "--help") else 2)

@@ -70,7 +70,7 @@ def build_tiny_model(dest: Path, *, seed: int = 0, init_std: float = 0.4) -> Pat
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     try:
-        tokenizer = _build_tokenizer()
+        tokenizer = build_tokenizer()
         tokenizer.save_pretrained(tmp)
         _build_weights(tmp, vocab_size=len(tokenizer), seed=seed, init_std=init_std, tok=tokenizer)
         (tmp / "memento_recipe.json").write_text(
@@ -86,7 +86,8 @@ def build_tiny_model(dest: Path, *, seed: int = 0, init_std: float = 0.4) -> Pat
     return dest
 
 
-def _build_tokenizer():
+def build_tokenizer():
+    """The tiny byte-level BPE with ChatML and Memento special tokens (single ids)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -56,3 +56,15 @@ def test_prefix_sharing_forks_reuse_the_memento_state(default_server, tokenizer)
     evicted = 2 * 8  # both closed blocks' content left every row and was never prefilled again
     assert row["cached_tokens"] >= 3 * (len(state) - evicted)
     assert sharing.peak_used_tokens("Decode batch, #running-req: 3, #token: 57, token usage: 0.01") == 57
+
+
+def test_throughput_runs_the_same_work_with_and_without_eviction(default_server, tokenizer):
+    throughput = _load("throughput")
+    shape = throughput._kv_profile().TraceShape(blocks=2, block_tokens=6, memento_tokens=2, answer_tokens=2)
+    rows = [
+        throughput.run(default_server.url, default_server.log_text, tokenizer, shape, 2, evict)
+        for evict in (True, False)
+    ]
+    assert rows[0]["output_tokens"] == rows[1]["output_tokens"] > 2 * 2 * (6 + 2)  # exact lengths: same work
+    for row in rows:
+        assert row["tokens_per_s"] > 0 and row["retracted_requests"] == 0

@@ -1,0 +1,66 @@
+"""What several benchmarks read off a server: its KV in use, its counters; sibling loading."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+
+
+def peak_used_tokens(log: str) -> int:
+    """The peak of SGLang's own `#token` (KV slots in use) over decode-log lines."""
+    return max((int(n) for n in re.findall(r"Decode batch.*?#token: (\d+)", log)), default=0)
+
+
+def counter(url: str, name: str) -> float:
+    """A Prometheus counter of the server, summed over its label sets."""
+    text = requests.get(url + "/metrics", timeout=30).text
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+
+
+def sibling(name: str) -> ModuleType:
+    """Another benchmark script as a module (benchmarks/ is not a package)."""
+    key = f"benchmarks_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def add_server_options(parser) -> None:
+    """`--model-path` and `--server-args`: the GPU recipe runs the same benchmarks on a
+    real-size model shell (`memento-sglang model-shell qwen3-8b DIR`) with
+    `--server-args "--load-format dummy"`."""
+    parser.add_argument(
+        "--model-path", type=Path, default=None, help="model directory (default: the tiny model)"
+    )
+    parser.add_argument(
+        "--server-args", default="", help="extra SGLang flags for every server, as one string"
+    )
+
+
+def server_setup(args) -> tuple[Path, tuple[str, ...]]:
+    import shlex
+
+    from memento_sglang.models.tiny import tiny_model_path
+
+    return args.model_path or tiny_model_path(), tuple(shlex.split(args.server_args))
+
+
+def machine() -> str:
+    """What ran the benchmark, for its JSON."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores)"
