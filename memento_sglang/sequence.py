@@ -200,8 +200,13 @@ class MementoSequence:
 
     def prospective_key(self) -> array:
         """For a request without KV: its key with every decided span already gone."""
-        self._forget_applied()
+        self.forget_adoption()
         return radix_key(self._ids, self._due_spans())
+
+    def forget_adoption(self) -> None:
+        """For a request without KV: undo an earlier match's adopted spans."""
+        self._forget_applied()
+        self._reused = (0, 0)
 
     def adopt_cached_prefix(self, matched: int, logical_limit: int) -> int:
         """Take `matched` slots of `prospective_key()` from the tree, cut where exact.

@@ -33,9 +33,19 @@ BACKEND_NAME = "memento"
 
 
 def keyed_sequence(req: Any) -> MementoSequence | None:
-    """The request's Memento state when the tree keys it the Memento way."""
+    """The request's Memento state when the tree keys it the Memento way.
+
+    SGLang may still replace a prompt after the state was attached (an abort's
+    one-token stub, auto-truncation): such a request falls back to the stock path.
+    """
     seq = getattr(req, "memento", None) if req is not None else None
-    return seq if seq is not None and seq.radix_keyed else None
+    if seq is None or not seq.radix_keyed:
+        return None
+    if len(req.origin_input_ids) != seq.prompt_len:
+        seq.radix_keyed = False
+        req.skip_radix_cache_insert = True
+        return None
+    return seq
 
 
 class MementoRadixCache(RadixCache):
@@ -50,11 +60,13 @@ class MementoRadixCache(RadixCache):
         if seq is None or self.disable:
             return super().match_prefix(params)
         req = params.req
-        if req.kv.holds_kv:  # a running request: its row is already compacted
-            limit = min(seq.insert_limit(), seq.total_len - seq.position_offset - 1)
-            node, depth = self._walk(seq.radix_key(limit), req)
-            return self._result(node, depth)
+        if req.kv.holds_kv:  # SGLang matches only waiting requests
+            raise RuntimeError(f"Memento radix cache: match for request {req.rid}, which holds KV")
         key = seq.prospective_key()
+        if len(params.key) == 0:  # SGLang disabled matching (e.g. embedding overrides)
+            seq.forget_adoption()
+            req.full_untruncated_fill_ids = seq.physical_ids()
+            return self._empty_match_result
         node, matched = self._walk(key, req)
         logical_limit = req._compute_max_prefix_len(seq.total_len)
         if req.return_logprob and req.logprob_start_len >= 0 and seq.due_evictions():
@@ -128,8 +140,12 @@ class MementoRadixCache(RadixCache):
         Returns the number of KV slots freed that way.
         """
         protected = req.kv.cache_protected_len
-        if self.disable or req.lock is None or not start < protected <= end:
-            return 0  # nothing of the block in the tree, or tree-owned slots follow it
+        if self.disable or req.lock is None or protected <= start:
+            return 0  # nothing of the block in the tree
+        if protected > end:  # never by construction (insert_limit): keep the lock, insert no more
+            logger.warning("[memento] rid=%s: tree slots after a closed block; not re-inserted", req.rid)
+            req.skip_radix_cache_insert = True
+            return 0
         old = req.lock.node
         new = self._node_at_depth(old, self._depth(old), start)
         lock = self.lock(new)

@@ -20,7 +20,7 @@ from memento_sglang.masks import extend_segments
 from memento_sglang.sequence import MementoSequence
 from memento_sglang.sglang_plugin import metrics
 from memento_sglang.sglang_plugin.attention import stage_plans
-from memento_sglang.sglang_plugin.radix_cache import MementoRadixCache
+from memento_sglang.sglang_plugin.radix_cache import MementoRadixCache, keyed_sequence
 from memento_sglang.tracker import Eviction
 
 logger = logging.getLogger("memento_sglang")
@@ -111,7 +111,7 @@ def physical_fill_ids(req: Any) -> bool:
     so SGLang's length arithmetic (prefix, extend) stays in row slots. False
     leaves the request to SGLang."""
     seq = synced(req)
-    if seq is None or not seq.radix_keyed:
+    if seq is None or keyed_sequence(req) is None:
         return False
     req.full_untruncated_fill_ids = seq.physical_ids()
     return True
@@ -130,7 +130,9 @@ def compact_before_release(req: Any, tree_cache: Any, *, checkpoint: bool) -> No
     seq = synced(req)
     if seq is None or not req.kv.holds_kv:
         return
-    if checkpoint and seq.radix_keyed and seq.has_due():
+    # restart_mode: a memento that closed without its re-prefill has KV computed with its
+    # block visible; it stays due, so insert_limit keeps it out of the tree.
+    if checkpoint and seq.radix_keyed and seq.has_due() and not seq.needs_restart():
         due = seq.take_due(req.kv.kv_committed_len + seq.position_offset + 1)
         if due:
             pool, allocator = tree_cache.req_to_token_pool, tree_cache.token_to_kv_pool_allocator
