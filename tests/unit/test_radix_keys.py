@@ -103,3 +103,26 @@ def test_kept_blocks_cap_the_match_and_the_insert():
     cut = seq.adopt_cached_prefix(len(key), logical_limit=seq.total_len - 1)
     assert cut == 3 and seq.map.spans == ()
     assert seq.insert_limit() == 5
+
+
+def test_a_restart_memento_stays_out_of_the_tree_until_reprefilled():
+    """restart_mode: a memento computed with its block visible must never be inserted."""
+    restart = spec(restart_mode=True, mask_delimiters=False)
+    seq = MementoSequence(restart, tokens("A"), evict_prompt_blocks=True)
+    seq.on_output_tokens(tokens("[ w w ] ( s )"))
+    assert seq.needs_restart()
+    assert seq.insert_limit() == 2 + 4  # up to the block's end: `[ w w ]` may be shared, `( s )` not
+
+
+def test_a_prompt_sglang_replaced_leaves_the_memento_tree():
+    """An abort's one-token stub (or a truncated prompt) no longer matches the tracked ids."""
+    from types import SimpleNamespace
+
+    from memento_sglang.sglang_plugin.radix_cache import keyed_sequence
+
+    seq = prompt_sequence(TRACE)
+    seq.radix_keyed = True
+    req = SimpleNamespace(memento=seq, origin_input_ids=tokens(TRACE), skip_radix_cache_insert=False)
+    assert keyed_sequence(req) is seq
+    req.origin_input_ids = [0]
+    assert keyed_sequence(req) is None and req.skip_radix_cache_insert and not seq.radix_keyed
