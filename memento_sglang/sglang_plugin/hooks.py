@@ -30,6 +30,7 @@ _TORCH_ATTN = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnB
 _FLASHINFER = "sglang.srt.layers.attention.flashinfer_backend"
 _TRITON_ATTN = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
 _COMMON = "sglang.srt.mem_cache.common"
+_LANG = "sglang.lang"
 _BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend")
 _CACHE_FIELDS = ("radix_cache_backend", "disable_radix_cache", "enable_hierarchical_cache")
 
@@ -173,6 +174,22 @@ def enforce_block_budget(self, logits_output, forward_batch, *args, **kwargs):
     scheduler.force_block_ends(logits_output, forward_batch)
 
 
+# ------------------------------------------------------ frontend (client process)
+
+
+def keep_dsl_extra_fields(result, self, sampling_params, *args, **kwargs):
+    """`memento_gen` fields (structural_tag, custom_params, ...) survive the interpreter."""
+    from memento_sglang.frontend import dsl
+
+    return dsl.keep_extra_fields(result, self, sampling_params)
+
+
+def send_dsl_extra_fields(result, self, *args, **kwargs):
+    from memento_sglang.frontend import dsl
+
+    return dsl.send_extra_fields(result, self)
+
+
 def uncached_token_level_tags(result, self, *args, **kwargs):
     """Work around xgrammar's compiler cache mixing up token-level structural tags."""
     grammar.install(self)
@@ -212,4 +229,8 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_REQ}.reset_for_retract", reset_after_retraction, H.AFTER),
     HookSpec(f"{_RUNNER}.sample", enforce_block_budget, H.BEFORE),
     HookSpec(f"{_XGRAMMAR}.__init__", uncached_token_level_tags, H.AFTER),
+    HookSpec(
+        "sglang.lang.interpreter.StreamExecutor._resolve_sampling_params", keep_dsl_extra_fields, H.AFTER
+    ),
+    HookSpec("sglang.lang.ir.SglSamplingParams.to_srt_kwargs", send_dsl_extra_fields, H.AFTER),
 )
