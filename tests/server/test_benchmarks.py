@@ -68,3 +68,11 @@ def test_throughput_runs_the_same_work_with_and_without_eviction(default_server,
     assert rows[0]["output_tokens"] == rows[1]["output_tokens"] > 2 * 2 * (6 + 2)  # exact lengths: same work
     for row in rows:
         assert row["tokens_per_s"] > 0 and row["retracted_requests"] == 0
+
+
+def test_masked_prefill_builds_closed_blocks_and_times_both_modes(plain_server, tokenizer, token_ids):
+    masked = _load("masked_prefill")
+    ids = masked.build_prompt(tokenizer, 300, 3)
+    assert 280 <= len(ids) <= 300 and ids.count(token_ids.summary_end) == 3
+    for memento in (True, False):  # a server without a radix cache: every repeat prefills
+        assert masked.time_prefill(plain_server.url, ids, memento, repeats=1) > 0
