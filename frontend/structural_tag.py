@@ -47,6 +47,21 @@ def _free_text(max_tokens: int | None, excluded: Sequence[str], exact: bool = Fa
     return element
 
 
+def _answer(
+    max_tokens: int | None, excluded: Sequence[str], regex: str | None, schema: dict | type | None
+) -> dict:
+    if regex is not None and schema is not None:
+        raise ValueError("give answer_regex or answer_schema, not both")
+    if regex is not None:
+        return {"type": "regex", "pattern": regex}
+    if schema is not None:
+        if isinstance(schema, type):  # a pydantic model class
+            schema = schema.model_json_schema()
+        # bounded whitespace: a model may otherwise pad between JSON tokens forever
+        return {"type": "json_schema", "json_schema": schema, "max_whitespace_cnt": 1}
+    return _free_text(max_tokens, excluded)
+
+
 def block_elements(budget: BlockBudget, excluded: Sequence[str]) -> list[dict]:
     """One block and its memento; a zero budget means no free text at that place."""
     elements = [_token(BLOCK_START)]
@@ -66,6 +81,8 @@ def memento_structural_tag(
     resume_open_block: BlockBudget | None = None,
     in_think: bool = False,
     extra_excluded: Sequence[str] = CHATML_TOKENS,
+    answer_regex: str | None = None,
+    answer_schema: dict | type | None = None,
 ) -> str:
     """`<think>` + blocks + `</think>` + answer, as a JSON structural tag.
 
@@ -74,6 +91,8 @@ def memento_structural_tag(
     that already ends inside a block (after `<think>...<|block_start|>...`): the
     output first finishes that block and its memento. `in_think` is for a prompt that
     already opened `<think>` (and may hold closed blocks): no second `<think>`.
+    The answer is free text (at most `answer_tokens`), or matches `answer_regex`, or is
+    JSON valid under `answer_schema` (a JSON schema, or a pydantic model class).
     """
     excluded = [*MEMENTO_TOKENS, *extra_excluded]
     if resume_open_block is None:
@@ -87,5 +106,5 @@ def memento_structural_tag(
         for budget in blocks:
             elements += block_elements(budget, excluded)
     elements.append(_token(END_THINK))
-    elements.append(_free_text(answer_tokens, excluded))
+    elements.append(_answer(answer_tokens, excluded, answer_regex, answer_schema))
     return json.dumps({"type": "structural_tag", "format": {"type": "sequence", "elements": elements}})

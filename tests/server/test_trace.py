@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from typing import Literal
+
 import pytest
+from pydantic import BaseModel
 from support.client import chat_prompt, memento_body, opt_in
 
-from memento_sglang.frontend.structural_tag import MEMENTO_TOKENS
+from memento_sglang.frontend.structural_tag import MEMENTO_TOKENS, BlockBudget, memento_structural_tag
 from memento_sglang.frontend.trace import MementoTrace
 
 pytestmark = pytest.mark.server
@@ -28,3 +32,24 @@ def test_server_output_parses_the_same_from_ids_and_from_text(default_server, to
     from_text = MementoTrace.from_text(out["text"], stats=stats)
     assert from_text.mementos == from_ids.mementos
     assert from_ids.answer.startswith(from_text.answer)  # the ids keep the stop token, the text not
+
+
+class Verdict(BaseModel):
+    verdict: Literal["yes", "no"]
+
+
+@pytest.mark.parametrize(
+    "constraint", [{"answer_regex": "[0-9]{2,3}"}, {"answer_schema": Verdict}], ids=["regex", "schema"]
+)
+def test_the_answer_follows_its_constraint(default_server, tokenizer, constraint):
+    tag = memento_structural_tag([BlockBudget(5, 2)], **constraint)
+    params = {"temperature": 0.0, "max_new_tokens": 120, "structural_tag": tag, "skip_special_tokens": False}
+    out = default_server.generate(
+        {"input_ids": chat_prompt(tokenizer, "Answer briefly"), "sampling_params": params}
+    )
+    assert out["meta_info"]["finish_reason"]["type"] != "length", out["text"]
+    answer = MementoTrace.from_text(out["text"]).answer.removesuffix("<|im_end|>")
+    if "answer_regex" in constraint:
+        assert re.fullmatch("[0-9]{2,3}", answer), answer
+    else:
+        assert Verdict.model_validate_json(answer).verdict in ("yes", "no")

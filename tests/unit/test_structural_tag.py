@@ -77,3 +77,18 @@ def test_xgrammar_repeat_loses_exclusions(tokenizer_info, token_ids):
     fmt = {"type": "sequence", "elements": [repeat, {"type": "token", "token": "<|block_end|>"}]}
     tag = json.dumps({"type": "structural_tag", "format": fmt})
     assert token_ids.block_end in allowed_after(compiler, tag, [200])  # the upstream bug
+
+
+def test_answer_constraints_compile_and_refuse_both(tokenizer_info):
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        value: int
+
+    compiler = xgr.GrammarCompiler(tokenizer_info, cache_enabled=False)
+    for constraint in ({"answer_regex": "[0-9]{2,3}"}, {"answer_schema": Answer}):
+        tag = memento_structural_tag([BlockBudget(4, 2)], **constraint)
+        assert json.loads(tag)["format"]["elements"][-1]["type"] in ("regex", "json_schema")
+        compiler.compile_structural_tag(tag)
+    with pytest.raises(ValueError, match="not both"):
+        memento_structural_tag([BlockBudget(4, 2)], answer_regex="x", answer_schema=Answer)
