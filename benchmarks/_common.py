@@ -13,6 +13,16 @@ import requests
 HERE = Path(__file__).resolve().parent
 
 
+def chat_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
+    """One single-turn chat prompt (ids, generation prompt added) per question."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        for q in questions
+    ]
+
+
 def peak_used_tokens(log: str) -> int:
     """The peak of SGLang's own `#token` (KV slots in use) over decode-log lines."""
     return max((int(n) for n in re.findall(r"Decode batch.*?#token: (\d+)", log)), default=0)

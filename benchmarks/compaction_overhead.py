@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import add_server_options, machine, server_setup  # noqa: E402
+from _common import add_server_options, chat_prompts, counter, machine, server_setup  # noqa: E402
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
@@ -33,11 +32,7 @@ COUNTERS = ("decode_steps_total", "compaction_seconds_total", "tokens_evicted_to
 
 
 def scrape(url: str) -> dict[str, float]:
-    text = requests.get(url + "/metrics", timeout=30).text
-    return {
-        name: sum(float(v) for v in re.findall(rf"^sglang:memento_{name}\{{[^}}]*\}} (\S+)$", text, re.M))
-        for name in COUNTERS
-    }
+    return {name: counter(url, f"sglang:memento_{name}") for name in COUNTERS}
 
 
 def body(prompt: list[int], blocks: int, block_tokens: int, memento_tokens: int, evict: bool) -> dict:
@@ -57,15 +52,7 @@ def body(prompt: list[int], blocks: int, block_tokens: int, memento_tokens: int,
 
 def measure(url: str, tokenizer, batch: int, evict: bool, *, blocks: int = 6, block_tokens: int = 24,
             memento_tokens: int = 4) -> dict:  # fmt: skip
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"Question {i}"}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )  # fmt: skip
-        for i in range(batch)
-    ]
+    prompts = chat_prompts(tokenizer, [f"Question {i}" for i in range(batch)])
     bodies = [body(p, blocks, block_tokens, memento_tokens, evict) for p in prompts]
     before = scrape(url)
     start = time.perf_counter()

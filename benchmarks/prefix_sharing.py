@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import add_server_options, machine, peak_used_tokens, server_setup  # noqa: E402
+from _common import add_server_options, chat_prompts, machine, peak_used_tokens, server_setup  # noqa: E402
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
@@ -61,10 +61,7 @@ class Workload:
 
 def shared_state(tokenizer, ids_of: dict[str, int], workload: Workload, group: int) -> list[int]:
     """A chat prompt and a reasoning trace with `closed_blocks` closed blocks."""
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": f"Problem {group}: continue the reasoning."}],
-        add_generation_prompt=True, tokenize=True, return_dict=False,
-    )  # fmt: skip
+    (ids,) = chat_prompts(tokenizer, [f"Problem {group}: continue the reasoning."])
     ids.append(ids_of["<think>"])
     for b in range(workload.closed_blocks):
         text = " ".join(WORDS[(b + i) % len(WORDS)] for i in range(4 * workload.block_tokens))

@@ -26,29 +26,24 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import add_server_options, counter, machine, peak_used_tokens, server_setup, sibling  # noqa: E402
+from _common import (  # noqa: E402
+    add_server_options,
+    chat_prompts,
+    counter,
+    machine,
+    peak_used_tokens,
+    server_setup,
+    sibling,
+)
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
 RETRACTED = "sglang:num_retracted_requests_total"
-
-
-def _kv_profile():
-    """The trace shape and request body of the KV-profile benchmark (one definition)."""
-    return sibling("kv_profile")
+kv_profile = sibling("kv_profile")  # the trace shape and request body (one definition)
 
 
 def run(url: str, log_text, tokenizer, shape, concurrency: int, evict: bool) -> dict:
-    kv = _kv_profile()
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"Problem {i}: think it through."}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )  # fmt: skip
-        for i in range(concurrency)
-    ]
-    bodies = [{**kv.request_body(p, shape, evict), "stream": False} for p in prompts]
+    prompts = chat_prompts(tokenizer, [f"Problem {i}: think it through." for i in range(concurrency)])
+    bodies = [{**kv_profile.request_body(p, shape, evict), "stream": False} for p in prompts]
     before, log_start = counter(url, RETRACTED), len(log_text())
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -79,7 +74,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    shape = _kv_profile().TraceShape.paper(args.scale)
+    shape = kv_profile.TraceShape.paper(args.scale)
     model, extra = server_setup(args)
     tokenizer = AutoTokenizer.from_pretrained(model)
     flags = (

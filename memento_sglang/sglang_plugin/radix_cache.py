@@ -51,8 +51,6 @@ def keyed_sequence(req: Any) -> MementoSequence | None:
 class MementoRadixCache(RadixCache):
     """`RadixCache` with Memento keys, exact reuse cuts and block-subtree eviction."""
 
-    eagerly_evicted_tokens = 0  # block tokens freed at memento close (a running total)
-
     # ---------------------------------------------------------------- match
 
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
@@ -154,9 +152,7 @@ class MementoRadixCache(RadixCache):
         block_root = old
         while block_root.parent is not new:
             block_root = block_root.parent
-        freed = self._evict_unlocked(block_root)
-        self.eagerly_evicted_tokens += freed
-        return freed
+        return self._evict_unlocked(block_root)
 
     def _evict_unlocked(self, root: TreeNode) -> int:
         """Free every node of `root`'s subtree that no request locks (leaves first).

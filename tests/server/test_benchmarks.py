@@ -60,7 +60,7 @@ def test_prefix_sharing_forks_reuse_the_memento_state(default_server, tokenizer)
 
 def test_throughput_runs_the_same_work_with_and_without_eviction(default_server, tokenizer):
     throughput = _load("throughput")
-    shape = throughput._kv_profile().TraceShape(blocks=2, block_tokens=6, memento_tokens=2, answer_tokens=2)
+    shape = throughput.kv_profile.TraceShape(blocks=2, block_tokens=6, memento_tokens=2, answer_tokens=2)
     rows = [
         throughput.run(default_server.url, default_server.log_text, tokenizer, shape, 2, evict)
         for evict in (True, False)

@@ -18,8 +18,9 @@ def test_qwen3_8b_shell_has_the_published_shape(tmp_path):
     assert config.model_type == "qwen3"
     shape = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim, config.hidden_size)
     assert shape == (36, 8, 128, 4096)
-    # KV bytes per token in bf16: 2 (K, V) x layers x KV heads x head_dim x 2 bytes
-    assert 2 * 36 * 8 * 128 * 2 == 147456
+    # bf16 KV per token (K and V, 2 bytes each): the README's 144 KiB
+    kv_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 2
+    assert kv_bytes == 144 * 1024
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     for token in MEMENTO_TOKENS:
         assert len(tokenizer.encode(token, add_special_tokens=False)) == 1
