@@ -13,11 +13,15 @@ closes it even when its budget runs out.
         for i in range(3):
             s += memento_block(f"step{i}", max_block_tokens=256, max_memento_tokens=48)
         s += "</think>" + sgl.gen("answer", max_tokens=64)
+
+`memento_reasoning` is the one-request form: the whole trace under one structural tag,
+its blocks, mementos and answer then set as program variables (two more hooks).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from sglang.lang.ir import SglConstantText, SglExprList, SglGen
@@ -29,13 +33,19 @@ from memento_sglang.frontend.structural_tag import (
     MEMENTO_TOKENS,
     SUMMARY_END,
     SUMMARY_START,
+    BlockBudget,
     _free_text,
     _token,
+    memento_structural_tag,
 )
+from memento_sglang.frontend.trace import MementoTrace
 
 #: Sampling fields SGLang's frontend drops and `memento_gen` passes through.
 EXTRA_FIELDS = ("structural_tag", "custom_params", "skip_special_tokens", "no_stop_trim", "ebnf")
 EXTRA_ATTRIBUTE = "memento_extra"
+TRACE_ATTRIBUTE = "memento_trace"  # on a gen whose text is a whole trace
+TRACE_VARIABLES = ("trace", "blocks", "mementos", "answer")  # `name_<suffix>`
+END_OF_TURN = "<|im_end|>"  # a chat model may emit it after the answer
 
 
 def _ensure_hooks() -> None:
@@ -100,7 +110,82 @@ def memento_block(
     )
 
 
+def memento_reasoning(
+    name: str,
+    *,
+    max_block_tokens: int,
+    max_memento_tokens: int,
+    max_blocks: int | None = None,
+    blocks: int | None = None,
+    answer_tokens: int | None = None,
+    answer_regex: str | None = None,
+    answer_schema: dict | type | None = None,
+    in_think: bool = False,
+    **gen_kwargs: Any,
+) -> SglGen:
+    """The whole `<think> blocks </think> answer` in one server request, its structure
+    grammar-enforced: one to `max_blocks` blocks, exactly `blocks`, or one or more.
+
+    Variables: `name` (the text), `name_blocks`, `name_mementos`, `name_answer`, and
+    `name_trace` (a `MementoTrace` with the server's stats). The server evicts each
+    block as its memento closes. `max_tokens` defaults to the structure's bound (plus
+    `answer_tokens`, or 256 for the answer) when the block count is bounded.
+    """
+    if gen_kwargs.get("n", 1) != 1:
+        raise ValueError("memento_reasoning samples one trace; use s.fork(n) for several")
+    if blocks is not None and max_blocks is not None:
+        raise ValueError("give blocks (exact) or max_blocks (at most), not both")
+    budget = BlockBudget(max_block_tokens, max_memento_tokens)
+    tag = memento_structural_tag(
+        budget if blocks is None else [budget] * blocks, answer_tokens=answer_tokens, in_think=in_think,
+        answer_regex=answer_regex, answer_schema=answer_schema, max_blocks=max_blocks,
+    )  # fmt: skip
+    count = blocks or max_blocks
+    if count and "max_tokens" not in gen_kwargs and "max_new_tokens" not in gen_kwargs:
+        per_block = max_block_tokens + max_memento_tokens + 4  # + its four delimiters
+        gen_kwargs["max_new_tokens"] = 2 + count * per_block + (answer_tokens or 256)
+    gen = memento_gen(name, structural_tag=tag, **gen_kwargs)
+    setattr(gen, TRACE_ATTRIBUTE, True)
+    return gen
+
+
 # --------------------------------------------------- hooks (registered in hooks.py)
+
+
+def declare_trace_variables(result: Any, executor: Any, expr: Any, *args: Any, **kwargs: Any) -> None:
+    """AFTER `StreamExecutor._init_var_event`: reading `name_answer` etc. waits for the call."""
+    if getattr(expr, TRACE_ATTRIBUTE, False):
+        for suffix in TRACE_VARIABLES:
+            executor.variable_event[f"{expr.name}_{suffix}"] = threading.Event()
+            if executor.stream:
+                executor.stream_var_event[f"{expr.name}_{suffix}"] = threading.Event()
+    return None
+
+
+def set_trace_variables(result: Any, executor: Any, expr: Any, *args: Any, **kwargs: Any) -> None:
+    """AFTER `StreamExecutor._execute_gen`: a `memento_reasoning` text becomes variables.
+
+    The events are set whatever happens, so a reader never waits forever; a malformed
+    text raises `MalformedTrace`, which fails the program like any interpreter error.
+    """
+    if not getattr(expr, TRACE_ATTRIBUTE, False):
+        return None
+    try:
+        text = executor.variables[expr.name]
+        stats = (executor.meta_info.get(expr.name) or {}).get("memento")
+        trace = MementoTrace.from_text(text.removesuffix(END_OF_TURN), stats=stats)
+        executor.variables.update({
+            f"{expr.name}_trace": trace,
+            f"{expr.name}_blocks": [b.text for b in trace.blocks],
+            f"{expr.name}_mementos": trace.mementos,
+            f"{expr.name}_answer": trace.answer,
+        })  # fmt: skip
+    finally:
+        for suffix in TRACE_VARIABLES:
+            executor.variable_event[f"{expr.name}_{suffix}"].set()
+            if executor.stream:
+                executor.stream_var_event[f"{expr.name}_{suffix}"].set()
+    return None
 
 
 def keep_extra_fields(result: Any, executor: Any, sampling_params: Any, *args: Any, **kwargs: Any) -> Any:

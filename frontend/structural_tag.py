@@ -74,6 +74,19 @@ def block_elements(budget: BlockBudget, excluded: Sequence[str]) -> list[dict]:
     return elements
 
 
+def _one_or_more(block: list[dict], at_most: int | None) -> dict:
+    """`block` once, then more: unbounded (`plus`), or nested `optional`s up to `at_most`
+    (xgrammar's `repeat` loses `exclude_tokens` after its first iteration)."""
+    if at_most is None:
+        return {"type": "plus", "content": {"type": "sequence", "elements": block}}
+    if at_most < 1:
+        raise ValueError(f"max_blocks must be at least 1, got {at_most}")
+    tail: list[dict] = []
+    for _ in range(at_most - 1):
+        tail = [{"type": "optional", "content": {"type": "sequence", "elements": block + tail}}]
+    return {"type": "sequence", "elements": block + tail}
+
+
 def memento_structural_tag(
     blocks: Sequence[BlockBudget] | BlockBudget,
     *,
@@ -83,11 +96,13 @@ def memento_structural_tag(
     extra_excluded: Sequence[str] = CHATML_TOKENS,
     answer_regex: str | None = None,
     answer_schema: dict | type | None = None,
+    max_blocks: int | None = None,
 ) -> str:
     """`<think>` + blocks + `</think>` + answer, as a JSON structural tag.
 
     `blocks` as a sequence fixes the number of blocks; a single `BlockBudget` lets
-    the model write one or more blocks (`plus`). `resume_open_block` is for a prompt
+    the model write one or more blocks (`plus`), at most `max_blocks` when given.
+    `resume_open_block` is for a prompt
     that already ends inside a block (after `<think>...<|block_start|>...`): the
     output first finishes that block and its memento. `in_think` is for a prompt that
     already opened `<think>` (and may hold closed blocks): no second `<think>`.
@@ -100,8 +115,9 @@ def memento_structural_tag(
     else:
         elements = block_elements(resume_open_block, excluded)[1:]
     if isinstance(blocks, BlockBudget):
-        body = {"type": "sequence", "elements": block_elements(blocks, excluded)}
-        elements.append({"type": "plus", "content": body})
+        elements.append(_one_or_more(block_elements(blocks, excluded), max_blocks))
+    elif max_blocks is not None:
+        raise ValueError("max_blocks goes with a single BlockBudget (a sequence fixes the count)")
     else:
         for budget in blocks:
             elements += block_elements(budget, excluded)

@@ -30,7 +30,7 @@ _TORCH_ATTN = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnB
 _FLASHINFER = "sglang.srt.layers.attention.flashinfer_backend"
 _TRITON_ATTN = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
 _COMMON = "sglang.srt.mem_cache.common"
-_LANG = "sglang.lang"
+_INTERPRETER = "sglang.lang.interpreter.StreamExecutor"
 _BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend")
 _CACHE_FIELDS = ("radix_cache_backend", "disable_radix_cache", "enable_hierarchical_cache")
 
@@ -190,6 +190,19 @@ def send_dsl_extra_fields(result, self, *args, **kwargs):
     return dsl.send_extra_fields(result, self)
 
 
+def dsl_declare_trace_variables(result, self, expr, *args, **kwargs):
+    from memento_sglang.frontend import dsl
+
+    return dsl.declare_trace_variables(result, self, expr)
+
+
+def dsl_trace_variables(result, self, expr, *args, **kwargs):
+    """`memento_reasoning` sets its blocks, mementos and answer as program variables."""
+    from memento_sglang.frontend import dsl
+
+    return dsl.set_trace_variables(result, self, expr)
+
+
 def uncached_token_level_tags(result, self, *args, **kwargs):
     """Work around xgrammar's compiler cache mixing up token-level structural tags."""
     grammar.install(self)
@@ -229,8 +242,8 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_REQ}.reset_for_retract", reset_after_retraction, H.AFTER),
     HookSpec(f"{_RUNNER}.sample", enforce_block_budget, H.BEFORE),
     HookSpec(f"{_XGRAMMAR}.__init__", uncached_token_level_tags, H.AFTER),
-    HookSpec(
-        "sglang.lang.interpreter.StreamExecutor._resolve_sampling_params", keep_dsl_extra_fields, H.AFTER
-    ),
+    HookSpec(f"{_INTERPRETER}._resolve_sampling_params", keep_dsl_extra_fields, H.AFTER),
     HookSpec("sglang.lang.ir.SglSamplingParams.to_srt_kwargs", send_dsl_extra_fields, H.AFTER),
+    HookSpec(f"{_INTERPRETER}._init_var_event", dsl_declare_trace_variables, H.AFTER),
+    HookSpec(f"{_INTERPRETER}._execute_gen", dsl_trace_variables, H.AFTER),
 )

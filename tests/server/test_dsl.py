@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from support.client import chat_prompt
 
@@ -50,3 +52,44 @@ def test_memento_blocks_land_in_program_variables(default_server, tokenizer, sol
     states = solve.run_batch([{"question": p} for p in prompts], backend=backend)
     for state, prompt in zip(states, prompts, strict=True):
         check(state, prompt)
+
+
+def test_one_call_reasoning_sets_blocks_mementos_and_answer(default_server, tokenizer):
+    import sglang as sgl
+
+    from memento_sglang.frontend.dsl import memento_reasoning
+
+    @sgl.function
+    def reason(s, question):
+        s += question
+        branches = s.fork(2)
+        for branch in branches:
+            shape = {"max_blocks": 2, "max_block_tokens": 5, "max_memento_tokens": 2}
+            branch += memento_reasoning("r", **shape, answer_regex="[0-9]{2}", temperature=0)
+        s["traces"] = [b["r_trace"] for b in branches]
+        s["answers"] = [b["r_answer"] for b in branches]
+        s["blocks"] = [b["r_blocks"] for b in branches]
+        s["mementos"] = [b["r_mementos"] for b in branches]
+        s["texts"] = [b["r"] for b in branches]
+
+    backend = sgl.RuntimeEndpoint(default_server.url)
+    prompts = [tokenizer.decode(chat_prompt(tokenizer, f"Count {i}")) for i in range(2)]
+    for state in reason.run_batch([{"question": p} for p in prompts], backend=backend):
+        for trace, answer, blocks, mementos, text in zip(
+            state["traces"], state["answers"], state["blocks"], state["mementos"], state["texts"], strict=True
+        ):
+            assert trace == MementoTrace.from_text(text.removesuffix("<|im_end|>"), stats=trace.stats)
+            assert re.fullmatch("[0-9]{2}", answer) and answer == trace.answer
+            assert 1 <= len(blocks) <= 2 and blocks == [b.text for b in trace.blocks]
+            assert mementos == trace.mementos
+            assert trace.stats.blocks_evicted == len(blocks)  # the server evicted every block
+        assert state["texts"][0] == state["texts"][1]  # greedy forks agree
+
+
+def test_one_call_reasoning_refuses_contradictions():
+    from memento_sglang.frontend.dsl import memento_reasoning
+
+    with pytest.raises(ValueError, match="not both"):
+        memento_reasoning("r", max_block_tokens=4, max_memento_tokens=2, blocks=2, max_blocks=3)
+    with pytest.raises(ValueError, match="fork"):
+        memento_reasoning("r", max_block_tokens=4, max_memento_tokens=2, n=2)

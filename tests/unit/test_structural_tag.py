@@ -92,3 +92,17 @@ def test_answer_constraints_compile_and_refuse_both(tokenizer_info):
         compiler.compile_structural_tag(tag)
     with pytest.raises(ValueError, match="not both"):
         memento_structural_tag([BlockBudget(4, 2)], answer_regex="x", answer_schema=Answer)
+
+
+def test_max_blocks_bounds_the_block_count(tokenizer_info, tokenizer, token_ids):
+    tag = memento_structural_tag(BlockBudget(1, 1), max_blocks=2, answer_tokens=1)
+    compiler = xgr.GrammarCompiler(tokenizer_info, cache_enabled=False)
+    ids = token_ids
+    block = [ids.block_start, 200, ids.block_end, ids.summary_start, 201, ids.summary_end]
+    think, end_think = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    assert sorted(allowed_after(compiler, tag, [think, *block])) == sorted([ids.block_start, end_think])
+    assert allowed_after(compiler, tag, [think, *block, *block]) == [end_think]
+    with pytest.raises(ValueError, match="at least 1"):
+        memento_structural_tag(BlockBudget(1, 1), max_blocks=0)
+    with pytest.raises(ValueError, match="single BlockBudget"):
+        memento_structural_tag([BlockBudget(1, 1)], max_blocks=2)
