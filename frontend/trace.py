@@ -38,6 +38,17 @@ _NEXT = {
 _TEXT_ALLOWED = {BLOCK_START, SUMMARY_START, END_THINK}  # where free text belongs
 
 
+_CLOSED_MEMENTO = re.compile(re.escape(SUMMARY_START) + "(.*?)" + re.escape(SUMMARY_END), re.DOTALL)
+
+
+def closed_mementos(reasoning: str) -> list[str]:
+    """The mementos closed so far in (possibly unfinished) reasoning text, in order.
+
+    Lenient on purpose: a stream cut by a budget still reports what closed.
+    """
+    return _CLOSED_MEMENTO.findall(reasoning)
+
+
 class MalformedTrace(ValueError):
     """The text or ids do not follow `<think> (block memento)* </think> answer`."""
 

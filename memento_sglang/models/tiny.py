@@ -15,8 +15,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from memento_sglang.models.chat_template import MEMENTO_CHAT_TEMPLATE
+
 #: Bump when anything below changes the files produced.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 MEMENTO_TOKENS = (
     "<think>",
@@ -30,12 +32,6 @@ CHATML_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 SPECIAL_TOKENS = CHATML_TOKENS + MEMENTO_TOKENS
 ROLE_WORDS = ("system", "user", "assistant")
 
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 
 _CORPUS = """
 The model thinks in blocks and writes a short summary after each block.
@@ -107,7 +103,7 @@ def build_tokenizer():
         pad_token="<|endoftext|>",
         additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|im_end|>", "<|endoftext|>")],
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = MEMENTO_CHAT_TEMPLATE
     for word in ROLE_WORDS:
         if len(tokenizer.encode(word, add_special_tokens=False)) != 1:
             raise RuntimeError(f"tiny tokenizer does not keep {word!r} as one token")

@@ -56,6 +56,7 @@ def load() -> None:
     for spec in HOOKS:
         HookRegistry.register(spec.target, spec.fn, spec.kind)
     _register_radix_cache()
+    _register_reasoning_parser()
     HookRegistry.apply_hooks()
     not_applied = [t for t, orig in originals.items() if _current(t) is orig]
     if not_applied:
@@ -71,6 +72,12 @@ def _register_radix_cache() -> None:
 
     if get_radix_cache_factory(BACKEND_NAME) is None:
         register_radix_cache_backend(BACKEND_NAME, factory)
+
+
+def _register_reasoning_parser() -> None:
+    from memento_sglang.sglang_plugin.chat import register_reasoning_parser
+
+    register_reasoning_parser()
 
 
 def _resolve(spec: HookSpec) -> object:

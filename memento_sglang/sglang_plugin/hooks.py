@@ -15,7 +15,15 @@ from sglang.srt.environ import envs
 from sglang.srt.plugins.hook_registry import HookType
 
 from memento_sglang.config import MementoConfigError
-from memento_sglang.sglang_plugin import attention, gpu_attention, grammar, metrics, scheduler, settings
+from memento_sglang.sglang_plugin import (
+    attention,
+    chat,
+    gpu_attention,
+    grammar,
+    metrics,
+    scheduler,
+    settings,
+)
 
 _SA = "sglang.srt.server_args.ServerArgs"
 _ENGINE = "sglang.srt.entrypoints.engine.Engine"
@@ -30,6 +38,7 @@ _TORCH_ATTN = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnB
 _FLASHINFER = "sglang.srt.layers.attention.flashinfer_backend"
 _TRITON_ATTN = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
 _COMMON = "sglang.srt.mem_cache.common"
+_CHAT = "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat"
 _INTERPRETER = "sglang.lang.interpreter.StreamExecutor"
 _BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend")
 _CACHE_FIELDS = ("radix_cache_backend", "disable_radix_cache", "enable_hierarchical_cache")
@@ -61,6 +70,8 @@ def configure_from_cli(original, cls, args):
     cache = {name: getattr(args, name, None) for name in _CACHE_FIELDS}
     for name, value in settings.radix_cache_choice(raw, cache).items():
         setattr(args, name, value)
+    for name, value in settings.reasoning_parser_choice(raw, getattr(args, "reasoning_parser", None)).items():
+        setattr(args, name, value)
     server_args = original(cls, args)
     settings.attach(server_args, raw)
     return server_args
@@ -80,6 +91,7 @@ def take_engine_memento_config(self, *args, **kwargs):
         backends = {name: kwargs.get(name) for name in _BACKEND_FIELDS}
         kwargs.update(settings.masking_backend_choice(raw, backends, kwargs.get("device")))
         kwargs.update(settings.radix_cache_choice(raw, {name: kwargs.get(name) for name in _CACHE_FIELDS}))
+        kwargs.update(settings.reasoning_parser_choice(raw, kwargs.get("reasoning_parser")))
         kwargs = {"server_args": self.server_args_class(**kwargs)}
     settings.attach(kwargs["server_args"], raw)
     return (self, *args), kwargs
@@ -174,6 +186,28 @@ def enforce_block_budget(self, logits_output, forward_batch, *args, **kwargs):
     scheduler.force_block_ends(logits_output, forward_batch)
 
 
+# ------------------------------------------------------ OpenAI-compatible chat
+
+
+def keep_memento_delimiters(result, self, request, *args, **kwargs):
+    chat.keep_delimiters(self, request)
+
+
+def chat_response_with_mementos(result, self, *args, **kwargs):
+    """`message.mementos` on every choice (the `memento` reasoning parser only)."""
+    if self.reasoning_parser != chat.REASONING_PARSER:
+        return None
+    return chat.with_mementos(result)
+
+
+def chat_stream_with_mementos(original, self, *args, **kwargs):
+    """`delta.mementos` in the chunk where a memento closes (the `memento` parser only)."""
+    chunks = original(self, *args, **kwargs)
+    if self.reasoning_parser != chat.REASONING_PARSER:
+        return chunks
+    return chat.stream_with_mementos(chunks)
+
+
 # ------------------------------------------------------ frontend (client process)
 
 
@@ -242,6 +276,9 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_REQ}.reset_for_retract", reset_after_retraction, H.AFTER),
     HookSpec(f"{_RUNNER}.sample", enforce_block_budget, H.BEFORE),
     HookSpec(f"{_XGRAMMAR}.__init__", uncached_token_level_tags, H.AFTER),
+    HookSpec(f"{_CHAT}._patch_reasoning_skip_special_tokens", keep_memento_delimiters, H.AFTER),
+    HookSpec(f"{_CHAT}._build_chat_response", chat_response_with_mementos, H.AFTER),
+    HookSpec(f"{_CHAT}._generate_chat_stream", chat_stream_with_mementos, H.AROUND),
     HookSpec(f"{_INTERPRETER}._resolve_sampling_params", keep_dsl_extra_fields, H.AFTER),
     HookSpec("sglang.lang.ir.SglSamplingParams.to_srt_kwargs", send_dsl_extra_fields, H.AFTER),
     HookSpec(f"{_INTERPRETER}._init_var_event", dsl_declare_trace_variables, H.AFTER),

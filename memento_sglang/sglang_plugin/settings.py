@@ -95,6 +95,16 @@ def radix_cache_choice(raw_config: str | None, cache: dict[str, Any]) -> dict[st
     return {"radix_cache_backend": BACKEND_NAME}
 
 
+def reasoning_parser_choice(raw_config: str | None, current: str | None) -> dict[str, str]:
+    """With `--memento-config` given, chat splits reasoning with the `memento` parser
+    (delimiters kept, `mementos` added); an explicit `--reasoning-parser` wins."""
+    if raw_config is None or current:
+        return {}
+    from memento_sglang.sglang_plugin.chat import REASONING_PARSER
+
+    return {"reasoning_parser": REASONING_PARSER}
+
+
 def server_config(server_args: Any) -> MementoConfig:
     return MementoConfig.parse(server_config_text(getattr(server_args, ATTRIBUTE, None)))
 

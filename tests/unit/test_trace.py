@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memento_sglang.frontend.trace import MalformedTrace, MementoBlock, MementoTrace
+from memento_sglang.frontend.trace import MalformedTrace, MementoBlock, MementoTrace, closed_mementos
 
 IDS = {
     "<think>": 1, "</think>": 2, "<|block_start|>": 3, "<|block_end|>": 4,
@@ -64,3 +64,13 @@ def test_a_delimiter_spelled_with_ordinary_tokens_is_rejected():
 def test_malformed_traces_name_what_is_wrong(text, problem):
     with pytest.raises(MalformedTrace, match=problem.replace("|", r"\|")):
         MementoTrace.from_text(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(WORD, WORD), min_size=1, max_size=4), st.integers(min_value=0, max_value=200))
+def test_closed_mementos_of_a_cut_stream(blocks, cut):
+    """Every prefix of a trace reports exactly the mementos whose delimiter it holds."""
+    trace = MementoTrace(blocks=tuple(MementoBlock(text=b, memento=m) for b, m in blocks), answer="")
+    text = trace.to_text()
+    prefix = text[: cut % (len(text) + 1)]
+    assert closed_mementos(prefix) == trace.mementos[: prefix.count("<|summary_end|>")]

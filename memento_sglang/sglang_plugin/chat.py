@@ -1,0 +1,111 @@
+"""OpenAI-compatible chat on a Memento server: `reasoning_content` plus `mementos`.
+
+SGLang's chat API already splits `<think>...</think>` into `reasoning_content` through
+a reasoning parser. The `memento` parser (the default with `--memento-config`) keeps
+the Memento delimiters in the text (they are special tokens, which chat requests
+skip by default), so `reasoning_content` is the trace as the model wrote it: a client
+can parse it (`MementoTrace.from_text`) or send it back in the next turn. Each choice
+message also gets `mementos`, the closed mementos in order; a stream adds
+`delta.mementos` to the chunk in which a memento closes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sglang.srt.parser.reasoning_parser import BaseReasoningFormatDetector, ReasoningParser
+
+from memento_sglang.frontend.structural_tag import END_THINK, THINK
+from memento_sglang.frontend.trace import closed_mementos
+
+REASONING_PARSER = "memento"
+_SSE_DATA = "data: "
+
+
+class MementoReasoningDetector(BaseReasoningFormatDetector):
+    """`<think> blocks and mementos </think> answer`, Qwen3 style, delimiters kept."""
+
+    def __init__(
+        self,
+        stream_reasoning: bool = True,
+        force_reasoning: bool = False,
+        continue_final_message: bool = False,
+        previous_content: str = "",
+        force_nonempty_content: bool = False,
+    ) -> None:
+        super().__init__(
+            THINK,
+            END_THINK,
+            think_excluded_tokens=["<|im_end|>", "<|endoftext|>"],
+            force_reasoning=force_reasoning,
+            stream_reasoning=stream_reasoning,
+            continue_final_message=continue_final_message,
+            previous_content=previous_content,
+            force_nonempty_content=force_nonempty_content,
+        )
+
+    def get_think_end_token_ids(self, tokenizer: Any) -> list[int]:
+        """None: a Memento grammar (structural tag) describes the reasoning too.
+
+        With end ids SGLang wraps every grammar in its ReasonerGrammarBackend, which
+        leaves the reasoning unconstrained until `</think>`; the structure would then
+        no longer be grammar-enforced.
+        """
+        return []
+
+
+def register_reasoning_parser() -> None:
+    """`--reasoning-parser memento` (SGLang reads its choices from this registry)."""
+    ReasoningParser.DetectorMap.setdefault(REASONING_PARSER, MementoReasoningDetector)
+
+
+def keep_delimiters(serving_chat: Any, request: Any) -> None:
+    """Chat requests skip special tokens by default; the Memento delimiters are some."""
+    if serving_chat.reasoning_parser == REASONING_PARSER:
+        request.skip_special_tokens = False
+
+
+def with_mementos(response: Any) -> Any:
+    """A non-streaming chat response with `message.mementos` on every choice.
+
+    SGLang's `ChatMessage` has no such field (pydantic would drop it), so the
+    response goes out as JSON, serialized the way SGLang serializes it.
+    """
+    from fastapi.responses import ORJSONResponse
+    from sglang.srt.entrypoints.openai.protocol import ChatCompletionResponse
+
+    if not isinstance(response, ChatCompletionResponse):
+        return response  # an error response
+    content = response.model_dump(mode="json", by_alias=True)
+    for choice in content["choices"]:
+        message = choice["message"]
+        message["mementos"] = closed_mementos(message.get("reasoning_content") or "")
+    return ORJSONResponse(content=content)
+
+
+async def stream_with_mementos(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """SSE chunks as SGLang streams them; a chunk in which a memento closes also
+    carries `delta.mementos` (the mementos that closed in it)."""
+    reasoning: dict[int, str] = {}
+    reported: dict[int, int] = {}
+    async for chunk in chunks:
+        if not chunk.startswith(_SSE_DATA) or chunk.startswith(_SSE_DATA + "[DONE]"):
+            yield chunk
+            continue
+        data = json.loads(chunk[len(_SSE_DATA) :])
+        changed = False
+        for choice in data.get("choices") or []:
+            delta = choice.get("delta") or {}
+            piece = delta.get("reasoning_content")
+            if not piece:
+                continue
+            index = choice.get("index", 0)
+            reasoning[index] = reasoning.get(index, "") + piece
+            closed = closed_mementos(reasoning[index])
+            if len(closed) > reported.get(index, 0):
+                delta["mementos"] = closed[reported.get(index, 0) :]
+                reported[index] = len(closed)
+                changed = True
+        yield f"{_SSE_DATA}{json.dumps(data)}\n\n" if changed else chunk
