@@ -81,12 +81,16 @@ def memento_block(
     max_block_tokens: int,
     max_memento_tokens: int,
     memento_name: str | None = None,
+    block_prefix: str = "",
+    memento_prefix: str = "",
     **gen_kwargs: Any,
 ) -> SglExprList:
     """One reasoning block (variable `name`) and its memento (`memento_name`, default
     `name + "_memento"`), delimiters included in the program text as single ids.
 
-    Each part is one server request whose prompt holds the program so far, so closed
+    `block_prefix` / `memento_prefix` are fixed text the model continues (a cue such
+    as "Step 2:" steers a model not trained on Memento); the variables hold only what
+    the model wrote. Each part is one server request whose prompt holds the program so far, so closed
     blocks reach the server in the prompt: the Memento server hides and compacts them
     (masked prefill) and the Memento radix cache shares the mementos between calls.
     """
@@ -101,9 +105,9 @@ def memento_block(
     )  # fmt: skip
     return SglExprList(
         [
-            SglConstantText(BLOCK_START),
+            SglConstantText(BLOCK_START + block_prefix),
             block,
-            SglConstantText(BLOCK_END + SUMMARY_START),
+            SglConstantText(BLOCK_END + SUMMARY_START + memento_prefix),
             memento,
             SglConstantText(SUMMARY_END),
         ]

