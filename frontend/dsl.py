@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from sglang.lang.ir import SglConstantText, SglExprList, SglGen
 
+from memento_sglang.frontend.lark_grammar import lark_segment, memento_lark_grammar
 from memento_sglang.frontend.structural_tag import (
     BLOCK_END,
     BLOCK_START,
@@ -45,6 +46,7 @@ EXTRA_FIELDS = ("structural_tag", "custom_params", "skip_special_tokens", "no_st
 EXTRA_ATTRIBUTE = "memento_extra"
 TRACE_ATTRIBUTE = "memento_trace"  # on a gen whose text is a whole trace
 TRACE_VARIABLES = ("trace", "blocks", "mementos", "answer")  # `name_<suffix>`
+Grammar = Literal["xgrammar", "llguidance"]  # the server's --grammar-backend
 END_OF_TURN = "<|im_end|>"  # a chat model may emit it after the answer
 
 
@@ -69,10 +71,20 @@ def memento_gen(name: str | None = None, **kwargs: Any) -> SglGen:
     return gen
 
 
-def _segment_tag(budget: int, closer: str) -> str:
+def _segment(budget: int, closer: str, grammar: Grammar) -> dict[str, str]:
     """Free text of at most `budget` tokens (no special token), then `closer` as one id."""
+    if grammar == "llguidance":
+        return {"ebnf": lark_segment(budget, closer)}
     elements = [_free_text(budget, [*MEMENTO_TOKENS, *CHATML_TOKENS]), _token(closer)]
-    return json.dumps({"type": "structural_tag", "format": {"type": "sequence", "elements": elements}})
+    tag = {"type": "structural_tag", "format": {"type": "sequence", "elements": elements}}
+    return {"structural_tag": json.dumps(tag)}
+
+
+def _check_grammar(grammar: str) -> None:
+    if grammar not in ("xgrammar", "llguidance"):
+        raise ValueError(
+            f"grammar must be 'xgrammar' or 'llguidance' (the server's --grammar-backend), not {grammar!r}"
+        )
 
 
 def memento_block(
@@ -83,6 +95,7 @@ def memento_block(
     memento_name: str | None = None,
     block_prefix: str = "",
     memento_prefix: str = "",
+    grammar: Grammar = "xgrammar",
     **gen_kwargs: Any,
 ) -> SglExprList:
     """One reasoning block (variable `name`) and its memento (`memento_name`, default
@@ -94,13 +107,14 @@ def memento_block(
     blocks reach the server in the prompt: the Memento server hides and compacts them
     (masked prefill) and the Memento radix cache shares the mementos between calls.
     """
+    _check_grammar(grammar)
     memento_name = memento_name or f"{name}_memento"
     block = memento_gen(
-        name, structural_tag=_segment_tag(max_block_tokens, BLOCK_END), stop=[BLOCK_END],
+        name, **_segment(max_block_tokens, BLOCK_END, grammar), stop=[BLOCK_END],
         max_new_tokens=max_block_tokens + 1, **gen_kwargs,
     )  # fmt: skip
     memento = memento_gen(
-        memento_name, structural_tag=_segment_tag(max_memento_tokens, SUMMARY_END),
+        memento_name, **_segment(max_memento_tokens, SUMMARY_END, grammar),
         stop=[SUMMARY_END], max_new_tokens=max_memento_tokens + 2, **gen_kwargs,
     )  # fmt: skip
     return SglExprList(
@@ -125,6 +139,7 @@ def memento_reasoning(
     answer_regex: str | None = None,
     answer_schema: dict | type | None = None,
     in_think: bool = False,
+    grammar: Grammar = "xgrammar",
     **gen_kwargs: Any,
 ) -> SglGen:
     """The whole `<think> blocks </think> answer` in one server request, its structure
@@ -139,16 +154,23 @@ def memento_reasoning(
         raise ValueError("memento_reasoning samples one trace; use s.fork(n) for several")
     if blocks is not None and max_blocks is not None:
         raise ValueError("give blocks (exact) or max_blocks (at most), not both")
+    _check_grammar(grammar)
     budget = BlockBudget(max_block_tokens, max_memento_tokens)
-    tag = memento_structural_tag(
-        budget if blocks is None else [budget] * blocks, answer_tokens=answer_tokens, in_think=in_think,
-        answer_regex=answer_regex, answer_schema=answer_schema, max_blocks=max_blocks,
-    )  # fmt: skip
+    shape = budget if blocks is None else [budget] * blocks
+    options = {
+        "answer_tokens": answer_tokens, "in_think": in_think, "answer_regex": answer_regex,
+        "answer_schema": answer_schema, "max_blocks": max_blocks,
+    }  # fmt: skip
+    constraint = (
+        {"ebnf": memento_lark_grammar(shape, **options)}
+        if grammar == "llguidance"
+        else {"structural_tag": memento_structural_tag(shape, **options)}
+    )
     count = blocks or max_blocks
     if count and "max_tokens" not in gen_kwargs and "max_new_tokens" not in gen_kwargs:
         per_block = max_block_tokens + max_memento_tokens + 4  # + its four delimiters
         gen_kwargs["max_new_tokens"] = 2 + count * per_block + (answer_tokens or 256)
-    gen = memento_gen(name, structural_tag=tag, **gen_kwargs)
+    gen = memento_gen(name, **constraint, **gen_kwargs)
     setattr(gen, TRACE_ATTRIBUTE, True)
     return gen
 

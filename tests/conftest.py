@@ -9,9 +9,11 @@ from support.oracle import MementoReference
 from support.server import ServerPool, ServerSpec
 
 from memento_sglang.config import MementoConfig
+from memento_sglang.models.smollm2 import SMOLLM2_MEMENTO_CONFIG, smollm2_model_path
 from memento_sglang.models.tiny import SPECIAL_TOKENS, tiny_model_path
 
 SERVER_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False})
+SMOLLM2_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False, **SMOLLM2_MEMENTO_CONFIG})
 SERVER_MEMENTO_OFF = json.dumps({"mask_delimiters": False})  # requests opt in
 
 SERVERS = [
@@ -30,6 +32,10 @@ SERVERS = [
     ServerSpec("retract", ("--memento-config", SERVER_MEMENTO_ON), env=(("SGLANG_TEST_RETRACT", "1"),)),
     # A KV pool too small for every cached trace: the radix tree evicts under pressure.
     ServerSpec("pressure", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics"), max_total_tokens=300),
+    # llguidance instead of xgrammar: the Memento structure as a Lark grammar (`ebnf`).
+    ServerSpec("llguidance", ("--memento-config", SERVER_MEMENTO_ON, "--grammar-backend", "llguidance")),
+    # The real model of the demo (SmolLM2-135M-Instruct with Memento tokens).
+    ServerSpec("smollm2", ("--memento-config", SMOLLM2_MEMENTO_ON), model=smollm2_model_path),
 ]
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class ServerSpec:
     launcher: str = "memento"
     max_total_tokens: int = 20000
     env: tuple[tuple[str, str], ...] = ()
+    #: builds/locates the model folder when the pool starts; None = the pool's model
+    model: Callable[[], Path] | None = None
 
 
 @dataclass
@@ -141,7 +144,7 @@ class ServerPool:
     def get(self, name: str) -> ServerProcess:
         if not self._servers:
             for spec in self._specs.values():
-                server = ServerProcess(spec, self._model_path)
+                server = ServerProcess(spec, spec.model() if spec.model else self._model_path)
                 server.start()
                 self._servers[spec.name] = server
         server = self._servers[name]
