@@ -167,7 +167,10 @@ def memento_reasoning(
         else {"structural_tag": memento_structural_tag(shape, **options)}
     )
     count = blocks or max_blocks
-    if count and "max_tokens" not in gen_kwargs and "max_new_tokens" not in gen_kwargs:
+    budget_given = "max_tokens" in gen_kwargs or "max_new_tokens" in gen_kwargs
+    if not count and not budget_given:
+        raise ValueError("an unbounded block count needs max_tokens (or give max_blocks / blocks)")
+    if count and not budget_given:
         per_block = max_block_tokens + max_memento_tokens + 4  # + its four delimiters
         gen_kwargs["max_new_tokens"] = 2 + count * per_block + (answer_tokens or 256)
     gen = memento_gen(name, **constraint, **gen_kwargs)

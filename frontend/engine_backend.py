@@ -12,12 +12,15 @@ as they would be on a server.
         state = solve.run(question=..., backend=backend)
 
 While the backend is open the loop belongs to it: call the engine's own sync methods
-(`engine.generate`, `engine.shutdown`) after `close()`.
+(`engine.generate`, `engine.shutdown`) after `close()`. `close()` waits for the requests in
+flight; a program still running after it gets an error, not a hang (`state.sync()` first
+when a program's last call may still be running: `run()` returns before it ends).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 from collections.abc import Iterator
@@ -47,11 +50,18 @@ class EngineBackend(RuntimeEndpoint):
             else get_chat_template_by_model_path(engine.server_args.model_path)
         )
         self._loop: asyncio.AbstractEventLoop = engine.loop
+        self._in_flight: set[concurrent.futures.Future] = set()
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-backend", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Give the event loop back to the engine (its sync methods work again)."""
+        """Wait for the requests in flight, then give the event loop back to the engine."""
+        with self._lock:
+            self._closed = True
+            pending = list(self._in_flight)
+        concurrent.futures.wait(pending)
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
@@ -69,7 +79,17 @@ class EngineBackend(RuntimeEndpoint):
         return self._call(data)
 
     def _call(self, data: dict) -> Any:
-        return asyncio.run_coroutine_threadsafe(self._first(data), self._loop).result()
+        return self._submit(self._first(data)).result()
+
+    def _submit(self, coro: Any) -> concurrent.futures.Future:
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise RuntimeError("EngineBackend is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
+        return future
 
     async def _first(self, data: dict) -> Any:
         return await self.engine.tokenizer_manager.generate_request(
@@ -84,14 +104,16 @@ class EngineBackend(RuntimeEndpoint):
                 obj = GenerateReqInput(**data)
                 async for chunk in self.engine.tokenizer_manager.generate_request(obj, None):
                     chunks.put(chunk)
-            except Exception as exc:  # handed to the reading thread
+            except BaseException as exc:  # cancellation included: handed to the reader
                 chunks.put(exc)
-            chunks.put(_END)
+                raise
+            finally:
+                chunks.put(_END)
 
-        asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        self._submit(pump())
         while (chunk := chunks.get()) is not _END:
-            if isinstance(chunk, Exception):
-                raise chunk
+            if isinstance(chunk, BaseException):
+                raise RuntimeError("the engine stream failed") from chunk
             yield chunk
 
     def _payload(self, s: Any, sampling_params: Any) -> dict:
@@ -135,7 +157,7 @@ class EngineBackend(RuntimeEndpoint):
     fill_image = commit_lazy_operations
 
     def flush_cache(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.engine.tokenizer_manager.flush_cache(), self._loop).result()
+        self._submit(self.engine.tokenizer_manager.flush_cache()).result()
 
     def get_server_info(self) -> dict:
         return {"model_path": self.model_info["model_path"]}

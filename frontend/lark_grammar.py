@@ -11,6 +11,7 @@ rule's `max_tokens`. Send the result as `sampling_params["ebnf"]` with
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 from memento_sglang.frontend.structural_tag import (
@@ -24,6 +25,7 @@ from memento_sglang.frontend.structural_tag import (
 )
 
 _TEXT = r"/(.|\n)*/"
+_UNESCAPED_SLASH = re.compile(r"(?<!\\)((?:\\\\)*)/")  # a `/` not already escaped ends a Lark regex
 
 
 class _Rules:
@@ -77,7 +79,7 @@ def memento_lark_grammar(
             raise ValueError("max_blocks goes with a single BlockBudget (a sequence fixes the count)")
         body = " ".join(f"({rules.block(b)})" for b in blocks)
     if answer_regex is not None:
-        answer = "/" + answer_regex.replace("/", "\\/") + "/"
+        answer = "/" + _UNESCAPED_SLASH.sub(r"\1\\/", answer_regex) + "/"
     elif answer_schema is not None:
         schema = answer_schema.model_json_schema() if isinstance(answer_schema, type) else answer_schema
         answer = "%json " + json.dumps(schema)

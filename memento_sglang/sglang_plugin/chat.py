@@ -12,12 +12,17 @@ message also gets `mementos`, the closed mementos in order; a stream adds
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from sglang.srt.entrypoints.openai.protocol import (
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatMessage,
+)
 from sglang.srt.parser.reasoning_parser import BaseReasoningFormatDetector, ReasoningParser
 
-from memento_sglang.frontend.structural_tag import END_THINK, THINK
+from memento_sglang.frontend.structural_tag import END_THINK, SUMMARY_END, THINK
 from memento_sglang.frontend.trace import closed_mementos
 
 REASONING_PARSER = "memento"
@@ -47,11 +52,12 @@ class MementoReasoningDetector(BaseReasoningFormatDetector):
         )
 
     def get_think_end_token_ids(self, tokenizer: Any) -> list[int]:
-        """None: a Memento grammar (structural tag) describes the reasoning too.
+        """No ids: a Memento grammar (structural tag) describes the reasoning too.
 
         With end ids SGLang wraps every grammar in its ReasonerGrammarBackend, which
         leaves the reasoning unconstrained until `</think>`; the structure would then
-        no longer be grammar-enforced.
+        no longer be grammar-enforced. (SGLang logs at startup that grammar-gated
+        reasoning is off: that is this, and expected.)
         """
         return []
 
@@ -67,45 +73,64 @@ def keep_delimiters(serving_chat: Any, request: Any) -> None:
         request.skip_special_tokens = False
 
 
+class MementoChatMessage(ChatMessage):
+    mementos: list[str] | None = None
+
+
+class MementoChoice(ChatCompletionResponseChoice):
+    message: MementoChatMessage
+
+
+class MementoChatCompletionResponse(ChatCompletionResponse):
+    """SGLang's response with `message.mementos`; still a `ChatCompletionResponse`, so
+    every SGLang caller (the Anthropic adapter too) reads it as before."""
+
+    choices: list[MementoChoice]
+
+
 def with_mementos(response: Any) -> Any:
-    """A non-streaming chat response with `message.mementos` on every choice.
-
-    SGLang's `ChatMessage` has no such field (pydantic would drop it), so the
-    response goes out as JSON, serialized the way SGLang serializes it.
-    """
-    from fastapi.responses import ORJSONResponse
-    from sglang.srt.entrypoints.openai.protocol import ChatCompletionResponse
-
+    """A non-streaming chat response with `message.mementos` on every choice."""
     if not isinstance(response, ChatCompletionResponse):
         return response  # an error response
-    content = response.model_dump(mode="json", by_alias=True)
-    for choice in content["choices"]:
-        message = choice["message"]
-        message["mementos"] = closed_mementos(message.get("reasoning_content") or "")
-    return ORJSONResponse(content=content)
+    choices = []
+    for choice in response.choices:
+        reasoning = choice.message.reasoning_content or ""
+        message = MementoChatMessage.model_construct(
+            **dict(choice.message), mementos=closed_mementos(reasoning)
+        )
+        choices.append(MementoChoice.model_construct(**{**dict(choice), "message": message}))
+    return MementoChatCompletionResponse.model_construct(**{**dict(response), "choices": choices})
 
 
-async def stream_with_mementos(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+async def stream_with_mementos(chunks: AsyncGenerator[str, None]) -> AsyncIterator[str]:
     """SSE chunks as SGLang streams them; a chunk in which a memento closes also
     carries `delta.mementos` (the mementos that closed in it)."""
     reasoning: dict[int, str] = {}
     reported: dict[int, int] = {}
-    async for chunk in chunks:
-        if not chunk.startswith(_SSE_DATA) or chunk.startswith(_SSE_DATA + "[DONE]"):
-            yield chunk
+    try:
+        async for chunk in chunks:
+            yield _with_memento_delta(chunk, reasoning, reported)
+    finally:
+        await chunks.aclose()  # a client that hung up: SGLang's stream stops too
+
+
+def _with_memento_delta(chunk: str, reasoning: dict[int, str], reported: dict[int, int]) -> str:
+    if not chunk.startswith(_SSE_DATA) or chunk.startswith(_SSE_DATA + "[DONE]"):
+        return chunk  # `event:` lines, the end marker
+    data = json.loads(chunk[len(_SSE_DATA) :])
+    changed = False
+    for choice in data.get("choices") or []:
+        delta = choice.get("delta") or {}
+        piece = delta.get("reasoning_content")
+        if not piece:
             continue
-        data = json.loads(chunk[len(_SSE_DATA) :])
-        changed = False
-        for choice in data.get("choices") or []:
-            delta = choice.get("delta") or {}
-            piece = delta.get("reasoning_content")
-            if not piece:
-                continue
-            index = choice.get("index", 0)
-            reasoning[index] = reasoning.get(index, "") + piece
-            closed = closed_mementos(reasoning[index])
-            if len(closed) > reported.get(index, 0):
-                delta["mementos"] = closed[reported.get(index, 0) :]
-                reported[index] = len(closed)
-                changed = True
-        yield f"{_SSE_DATA}{json.dumps(data)}\n\n" if changed else chunk
+        index = choice.get("index", 0)
+        reasoning[index] = reasoning.get(index, "") + piece
+        if SUMMARY_END not in reasoning[index][-(len(piece) + len(SUMMARY_END)) :]:
+            continue  # no memento closed here: skip the scan
+        closed = closed_mementos(reasoning[index])
+        if len(closed) > reported.get(index, 0):
+            delta["mementos"] = closed[reported.get(index, 0) :]
+            reported[index] = len(closed)
+            changed = True
+    return f"{_SSE_DATA}{json.dumps(data)}\n\n" if changed else chunk

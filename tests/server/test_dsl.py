@@ -93,3 +93,5 @@ def test_one_call_reasoning_refuses_contradictions():
         memento_reasoning("r", max_block_tokens=4, max_memento_tokens=2, blocks=2, max_blocks=3)
     with pytest.raises(ValueError, match="fork"):
         memento_reasoning("r", max_block_tokens=4, max_memento_tokens=2, n=2)
+    with pytest.raises(ValueError, match="max_tokens"):
+        memento_reasoning("r", max_block_tokens=4, max_memento_tokens=2)

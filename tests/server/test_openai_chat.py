@@ -91,3 +91,14 @@ def test_a_second_turn_replays_the_mementos_and_reuses_the_first_turn(client, fi
     assert stats["blocks_evicted"] == 2 * len(SHAPE)
     assert second.model_extra["meta_info"]["cached_tokens"] > 0  # the radix tree held the first turn
     assert len(second.message.model_extra["mementos"]) == len(SHAPE)
+
+
+def test_anthropic_messages_still_answer_on_a_memento_server(default_server):
+    """SGLang's Anthropic adapter reads the chat response; mementos must not break it."""
+    reply = requests.post(
+        f"{default_server.url}/v1/messages",
+        json={"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": QUESTION}]},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["type"] == "message" and reply.json()["content"]

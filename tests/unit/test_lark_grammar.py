@@ -90,3 +90,8 @@ def test_schema_answer_compiles_and_contradictions_are_refused(ll_tokenizer):
         memento_lark_grammar([BlockBudget(1, 1)], answer_regex="x", answer_schema=Answer)
     with pytest.raises(ValueError, match="single BlockBudget"):
         memento_lark_grammar([BlockBudget(1, 1)], max_blocks=2)
+
+
+@pytest.mark.parametrize("regex", ["a/b", r"a\/b", r"a\\/b"])
+def test_answer_regex_slashes_escaped_or_not(ll_tokenizer, regex):
+    matcher(ll_tokenizer, memento_lark_grammar([BlockBudget(1, 1)], answer_regex=regex))
