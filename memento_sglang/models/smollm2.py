@@ -24,11 +24,11 @@ import importlib.metadata
 import importlib.util
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
+from memento_sglang.models.cache import default_cache_dir, publish_atomically
 from memento_sglang.models.chat_template import memento_chat_template
-from memento_sglang.models.tiny import CHATML_TOKENS, MEMENTO_TOKENS, default_cache_dir
+from memento_sglang.models.tiny import CHATML_TOKENS, MEMENTO_TOKENS
 
 #: Bump when anything below changes the files produced.
 RECIPE_VERSION = 2
@@ -98,9 +98,8 @@ def build_smollm2_model(dest: Path) -> Path:
         raise RuntimeError(
             f"converting SmolLM2 needs {' and '.join(missing)}: pip install {' '.join(missing)}"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         _convert(source, tmp)
         verify_smollm2_model(tmp)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -114,14 +113,8 @@ def build_smollm2_model(dest: Path) -> Path:
                 indent=1,
             )
         )
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process won the race; its copy is identical
-            if not _marker_matches(dest):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+    return publish_atomically(dest, fill, complete=_marker_matches)
 
 
 def _marker_matches(path: Path) -> bool:

@@ -10,11 +10,9 @@ prompt, which would make an attention-mask oracle meaningless).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from memento_sglang.models.cache import default_cache_dir, publish_atomically
 from memento_sglang.models.chat_template import MEMENTO_CHAT_TEMPLATE
 
 #: Bump when anything below changes the files produced.
@@ -47,12 +45,6 @@ If the train leaves at 9 and travels 120 km at 60 km per hour, it arrives at 11.
 """ + "\n".join(ROLE_WORDS * 40)
 
 
-def default_cache_dir() -> Path:
-    """`$MEMENTO_SGLANG_HOME` or `~/.cache/memento-sglang`."""
-    root = os.environ.get("MEMENTO_SGLANG_HOME")
-    return Path(root) if root else Path.home() / ".cache" / "memento-sglang"
-
-
 def tiny_model_path(cache_dir: Path | None = None) -> Path:
     """Path of the tiny model, building it on first use."""
     dest = (cache_dir or default_cache_dir()) / f"tiny-qwen3-memento-v{RECIPE_VERSION}"
@@ -63,23 +55,16 @@ def tiny_model_path(cache_dir: Path | None = None) -> Path:
 
 def build_tiny_model(dest: Path, *, seed: int = 0, init_std: float = 0.4) -> Path:
     """Write tokenizer, config and random weights to `dest` (atomically)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         tokenizer = build_tokenizer()
         tokenizer.save_pretrained(tmp)
         _build_weights(tmp, vocab_size=len(tokenizer), seed=seed, init_std=init_std, tok=tokenizer)
         (tmp / "memento_recipe.json").write_text(
             json.dumps({"recipe_version": RECIPE_VERSION, "seed": seed, "init_std": init_std})
         )
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process won the race; its copy is identical
-            if not (dest / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+    return publish_atomically(dest, fill, complete=lambda path: (path / "config.json").exists())
 
 
 def build_tokenizer():

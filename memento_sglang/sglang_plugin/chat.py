@@ -67,10 +67,9 @@ def register_reasoning_parser() -> None:
     ReasoningParser.DetectorMap.setdefault(REASONING_PARSER, MementoReasoningDetector)
 
 
-def keep_delimiters(serving_chat: Any, request: Any) -> None:
+def keep_delimiters(request: Any) -> None:
     """Chat requests skip special tokens by default; the Memento delimiters are some."""
-    if serving_chat.reasoning_parser == REASONING_PARSER:
-        request.skip_special_tokens = False
+    request.skip_special_tokens = False
 
 
 class MementoChatMessage(ChatMessage):

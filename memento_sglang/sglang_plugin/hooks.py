@@ -190,7 +190,9 @@ def enforce_block_budget(self, logits_output, forward_batch, *args, **kwargs):
 
 
 def keep_memento_delimiters(result, self, request, *args, **kwargs):
-    chat.keep_delimiters(self, request)
+    """Delimiters stay in chat text (the `memento` reasoning parser only)."""
+    if self.reasoning_parser == chat.REASONING_PARSER:
+        chat.keep_delimiters(request)
 
 
 def chat_response_with_mementos(result, self, *args, **kwargs):

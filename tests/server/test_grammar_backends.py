@@ -18,20 +18,12 @@ from support.client import SERVER_DEFAULT, chat_prompt, memento_body
 from support.mask_rule import visible_matrix
 
 from memento_sglang.frontend.lark_grammar import memento_lark_grammar
-from memento_sglang.frontend.structural_tag import BlockBudget
+from memento_sglang.frontend.structural_tag import MEMENTO_TOKENS, BlockBudget
 from memento_sglang.frontend.trace import MementoTrace
 
 pytestmark = pytest.mark.server
 
 SHAPE = [(7, 3), (4, 2), (6, 1)]
-DELIMITERS = (
-    "<think>",
-    "</think>",
-    "<|block_start|>",
-    "<|block_end|>",
-    "<|summary_start|>",
-    "<|summary_end|>",
-)
 
 
 def allowed_ids(matcher, vocab: int) -> torch.Tensor:
@@ -67,7 +59,7 @@ def test_llguidance_single_id_delimiters_budgets_and_the_grammar_oracle(
     prompt = chat_prompt(tokenizer, question)
     lark = llguidance_server.generate(lark_body(prompt))
     ids = lark["output_ids"]
-    delimiters = {t: tokenizer.convert_tokens_to_ids(t) for t in DELIMITERS}
+    delimiters = {t: tokenizer.convert_tokens_to_ids(t) for t in MEMENTO_TOKENS}
     trace = MementoTrace.from_token_ids(ids, delimiters, lambda run: tokenizer.decode(run))
     assert len(trace.blocks) == len(SHAPE)
     blocks = lengths_between(ids, token_ids.block_start, token_ids.block_end)

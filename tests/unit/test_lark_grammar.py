@@ -9,7 +9,7 @@ import pytest
 from llguidance import LLMatcher
 
 from memento_sglang.frontend.lark_grammar import memento_lark_grammar
-from memento_sglang.frontend.structural_tag import BlockBudget
+from memento_sglang.frontend.structural_tag import MEMENTO_TOKENS, BlockBudget
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +19,7 @@ def ll_tokenizer(tokenizer):
 
 @pytest.fixture(scope="module")
 def ids(tokenizer):
-    names = [
-        "<think>",
-        "</think>",
-        "<|block_start|>",
-        "<|block_end|>",
-        "<|summary_start|>",
-        "<|summary_end|>",
-    ]
-    return dict(zip(names, tokenizer.convert_tokens_to_ids(names), strict=True))
+    return dict(zip(MEMENTO_TOKENS, tokenizer.convert_tokens_to_ids(list(MEMENTO_TOKENS)), strict=True))
 
 
 def matcher(ll_tokenizer, grammar: str) -> LLMatcher:
