@@ -16,6 +16,9 @@ SERVER_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False})
 SMOLLM2_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False, **SMOLLM2_MEMENTO_CONFIG})
 SERVER_MEMENTO_OFF = json.dumps({"mask_delimiters": False})  # requests opt in
 
+PRESSURE_POOL_TOKENS = 300
+POOL = pytest.StashKey["ServerPool | None"]()
+
 SERVERS = [
     # SGLang defaults (overlap scheduler on, radix cache on), our launcher, Memento on, metrics.
     ServerSpec("default", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics")),
@@ -27,11 +30,15 @@ SERVERS = [
     ),
     # Small prefill chunks: a prompt's closed blocks span several chunks.
     ServerSpec("chunked", ("--memento-config", SERVER_MEMENTO_ON, "--chunked-prefill-size", "16")),
-    # SGLang's own retraction test mode: every third decode step retracts a request,
+    # Pressure: a KV pool too small for every cached trace (the radix tree evicts by LRU),
+    # and SGLang's own retraction test mode: every third decode step retracts a request,
     # which comes back through a (masked) re-prefill and re-compaction.
-    ServerSpec("retract", ("--memento-config", SERVER_MEMENTO_ON), env=(("SGLANG_TEST_RETRACT", "1"),)),
-    # A KV pool too small for every cached trace: the radix tree evicts under pressure.
-    ServerSpec("pressure", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics"), max_total_tokens=300),
+    ServerSpec(
+        "pressure",
+        ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics"),
+        max_total_tokens=PRESSURE_POOL_TOKENS,
+        env=(("SGLANG_TEST_RETRACT", "1"),),
+    ),
     # llguidance instead of xgrammar: the Memento structure as a Lark grammar (`ebnf`).
     ServerSpec("llguidance", ("--memento-config", SERVER_MEMENTO_ON, "--grammar-backend", "llguidance")),
     # The real model of the demo (SmolLM2-135M-Instruct with Memento tokens).
@@ -63,10 +70,62 @@ def reference(model_path, tokenizer):
     return MementoReference(model_path, set(tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))))
 
 
+#: Fixtures that hand a test one server configuration (by name), or one per parameter.
+SERVER_FIXTURES = {
+    "default_server": "default",
+    "plain_server": "no_overlap_no_radix",
+    "retract_server": "pressure",
+    "pressure_server": "pressure",
+    "llguidance_server": "llguidance",
+    "smollm2_server": "smollm2",
+}
+PARAMETRIZED_SERVER_FIXTURES = ("any_server", "masked_server", "radix_server")
+
+
+def servers_needed(item: pytest.Item) -> list[str]:
+    names = [SERVER_FIXTURES[f] for f in item.fixturenames if f in SERVER_FIXTURES]
+    params = getattr(item, "callspec", None)
+    if params is not None:
+        names += [params.params[f] for f in PARAMETRIZED_SERVER_FIXTURES if f in params.params]
+    return names
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests without servers run first, while the servers they do not need start."""
+    items.sort(key=lambda item: item.get_closest_marker("server") is not None)
+
+
+def pytest_collection_finish(session):
+    """Start the servers the selected tests need, in the order they need them."""
+    planned = list(dict.fromkeys(name for item in session.items for name in servers_needed(item)))
+    if planned and not session.config.option.collectonly:
+        session.config.stash[POOL] = ServerPool(SERVERS, tiny_model_path())
+        session.config.stash[POOL].plan(planned)
+
+
+def pytest_unconfigure(config):
+    """Stop servers the session started but no test closed (an interrupted run)."""
+    pool = config.stash.get(POOL, None)
+    if pool is not None:
+        pool.stop_all()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    pool = config.stash.get(POOL, None)
+    if pool is not None and pool.start_seconds:
+        terminalreporter.write_sep("-", "server start-up (seconds to ready, servers starting at once)")
+        for name, (seconds, concurrent) in pool.start_seconds.items():
+            terminalreporter.write_line(f"{name}: {seconds:.0f} s ({concurrent} at once)")
+
+
 @pytest.fixture(scope="session")
-def server_pool(model_path):
-    pool = ServerPool(SERVERS, model_path)
+def server_pool(request, model_path):
+    """The session's servers; at the end, a server that leaked or broke an invariant fails it."""
+    pool = request.config.stash.get(POOL, None)
+    if pool is None:  # a test that collection did not see needing a server
+        pool = request.config.stash[POOL] = ServerPool(SERVERS, model_path)
     yield pool
+    request.config.stash[POOL] = None
     pool.close()
 
 
@@ -90,6 +149,26 @@ def masked_server(request, server_pool):
     return server_pool.get(request.param)
 
 
+@pytest.fixture(params=["default", "chunked"])
+def radix_server(request, server_pool):
+    return server_pool.get(request.param)
+
+
 @pytest.fixture(scope="session")
-def retract_server(server_pool):
-    return server_pool.get("retract")
+def pressure_server(server_pool):
+    return server_pool.get("pressure")
+
+
+@pytest.fixture(scope="session")
+def retract_server(pressure_server):
+    return pressure_server
+
+
+@pytest.fixture(scope="session")
+def llguidance_server(server_pool):
+    return server_pool.get("llguidance")
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(server_pool):
+    return server_pool.get("smollm2")

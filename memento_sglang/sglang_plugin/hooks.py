@@ -105,14 +105,17 @@ def validate_server_config_at_startup(result, self, *args, **kwargs):
 
 
 def reject_bad_request_config(result, self, *args, **kwargs):
-    """A bad `custom_params["memento"]` is a ValueError here, i.e. HTTP 400."""
+    """A bad `custom_params["memento"]`, or a sampling mode Memento cannot follow, is a
+    ValueError here, i.e. HTTP 400."""
     params = getattr(result, "sampling_params", None)
     if params is None:
         return None
     try:
-        self.memento_resolver.spec_for(params.custom_params)
+        spec = self.memento_resolver.spec_for(params.custom_params)
     except MementoConfigError as exc:
         raise ValueError(str(exc)) from None
+    if spec is not None and (reason := scheduler.refused_mode(params)) is not None:
+        raise ValueError(reason)
     return None
 
 

@@ -74,6 +74,9 @@ def attach(req: Any, resolver: Any, tree_cache: Any, *, masked_prefill: bool) ->
         return
     if spec is None:
         return
+    if (reason := refused_mode(req.sampling_params)) is not None:  # normally HTTP 400 earlier
+        req.set_finish_with_abort(reason)
+        return
     if spec.config.restart_mode and not masked_prefill:
         req.set_finish_with_abort("restart_mode needs a prefill attention backend that can mask")
         return
@@ -95,6 +98,21 @@ def attach(req: Any, resolver: Any, tree_cache: Any, *, masked_prefill: bool) ->
             len(seq.tracker.closed_blocks),
             "masked prefill" if masked_prefill else "kept visible",
         )
+
+
+def refused_mode(sampling_params: Any) -> str | None:
+    """Why a request that Memento tracks cannot run with its sampling options (None if it can).
+
+    Beam search forks member rows from the leader's row and scores them together; a
+    member's blocks would close at its own steps, which one row's compaction cannot follow.
+    """
+    beam_width = getattr(sampling_params, "beam_width", None) or 1
+    if beam_width > 1:
+        return (
+            f"beam search (beam_width={beam_width}) is not supported with Memento; send this request "
+            'with custom_params {"memento": {"enable": false}} to search without eviction'
+        )
+    return None
 
 
 def cap_prefix_match(req: Any, max_prefix_len: int) -> int:
@@ -209,7 +227,8 @@ def compact_running_batch(batch: Any) -> None:
         m.kv_tokens_saved.set(sum(s.position_offset for r in batch.reqs if (s := sequence_of(r))))
     if not removed:
         return
-    delta_cpu = torch.zeros(len(batch.reqs), dtype=batch.seq_lens_cpu.dtype)
+    # Rows past len(reqs) are the previous step's beam tail (Memento-off beam members).
+    delta_cpu = torch.zeros(batch.seq_lens_cpu.shape[0], dtype=batch.seq_lens_cpu.dtype)
     for i, n in removed:
         delta_cpu[i] = n
     # Out of place: an in-flight forward of the overlap scheduler aliases these.
@@ -311,10 +330,13 @@ def _offset_positions(forward_batch: Any, batch: Any) -> None:
     if not any(offsets):
         return
     positions = forward_batch.positions
-    per_req = torch.tensor(offsets, dtype=positions.dtype, device=positions.device)
     if forward_batch.forward_mode.is_decode():
+        # Beam member rows follow the requests' rows; Memento never tracks them (refused_mode).
+        offsets += [0] * (positions.shape[0] - len(offsets))
+        per_req = torch.tensor(offsets, dtype=positions.dtype, device=positions.device)
         forward_batch.positions = positions + per_req
     else:
+        per_req = torch.tensor(offsets, dtype=positions.dtype, device=positions.device)
         lens = torch.as_tensor(batch.extend_lens, device=positions.device)
         forward_batch.positions = positions + torch.repeat_interleave(per_req, lens)
 

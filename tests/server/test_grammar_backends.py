@@ -40,11 +40,6 @@ def lengths_between(ids: list[int], opener: int, closer: int) -> list[int]:
     return [end - start - 1 for start, end in zip(starts, ends, strict=True)]
 
 
-@pytest.fixture(scope="module")
-def llguidance_server(server_pool):
-    return server_pool.get("llguidance")
-
-
 def lark_body(prompt: list[int]) -> dict:
     body = memento_body(prompt, SHAPE)
     del body["sampling_params"]["structural_tag"]

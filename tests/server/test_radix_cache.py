@@ -27,11 +27,6 @@ pytestmark = pytest.mark.server
 BLOCKS = [(6, 2), (5, 2), (7, 2)]
 
 
-@pytest.fixture(params=["default", "chunked"])
-def radix_server(request, server_pool):
-    return server_pool.get(request.param)
-
-
 def evicted_before(ids, token_ids, end: int) -> int:
     """Tokens of `ids[:end]` that a compacted row no longer holds."""
     spans = hidden_spans(ids, token_ids, **SERVER_DEFAULT)
@@ -171,10 +166,10 @@ def test_memento_and_plain_requests_do_not_poison_each_other(
     assert expected_on != expected_off, "the two modes agree: the test would prove nothing"
 
 
-def test_lru_eviction_under_pressure_keeps_forks_exact(server_pool, reference, tokenizer, token_ids):
+def test_lru_eviction_under_pressure_keeps_forks_exact(pressure_server, reference, tokenizer, token_ids):
     """A pool too small for every cached trace: the tree evicts by LRU while forks hold
     their shared prefix; every output stays exact and nothing leaks."""
-    server = server_pool.get("pressure")
+    server = pressure_server
     questions = [
         f"Case {i}: " + " ".join(["seven", "primes", "sum"][(i + j) % 3] for j in range(24)) for i in range(6)
     ]

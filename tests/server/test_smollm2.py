@@ -14,7 +14,7 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def smollm2(server_pool):
+def smollm2(smollm2_server):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_model_path())
@@ -23,7 +23,7 @@ def smollm2(server_pool):
     reference = MementoReference(
         smollm2_model_path(), set(tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
     )
-    return server_pool.get("smollm2"), tokenizer, token_ids, reference
+    return smollm2_server, tokenizer, token_ids, reference
 
 
 def test_real_model_trace_matches_the_oracle(smollm2):

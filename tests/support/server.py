@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,13 @@ FAILURE_PATTERNS = re.compile(
     r"Traceback|memory leak detected|Mem Leak Detected|use-after-free|double free|"
     r"Failed to apply hooks|Failed to execute general plugin"
 )
+
+
+#: At most this many servers start at once (one start is ~40 s of CPU on 2 cores).
+MAX_STARTING = int(os.environ.get("MEMENTO_TEST_MAX_STARTING", min(2, os.cpu_count() or 1)))
+#: A start slower than this is a failure. Measured on 2 cores, two starting at once next to
+#: the unit tests: see the README's test section; this leaves about 3x room.
+START_TIMEOUT_S = float(os.environ.get("MEMENTO_TEST_START_TIMEOUT", "600"))
 
 
 def free_port() -> int:
@@ -85,19 +93,16 @@ class ServerProcess:
             self.command(), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
         )
 
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server {self.spec.name} exited:\n{self.log_tail()}")
-            try:
-                answered = requests.get(self.url + "/model_info", timeout=2).ok
-                if answered and "fired up and ready" in self.log_text():
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1.0)
-        raise TimeoutError(f"server {self.spec.name} not ready:\n{self.log_tail()}")
+    def poll_ready(self) -> bool:
+        """True once SGLang answers `/health` (503 until its warm-up request has run).
+
+        Raises when the process exited: a server that died never becomes ready."""
+        if self.proc.poll() is not None:
+            raise ServerStartError(f"server {self.spec.name} exited with code {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            return requests.get(self.url + "/health", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
 
     def generate(self, body: dict, timeout: float = 300.0) -> dict:
         r = requests.post(self.url + "/generate", json=body, timeout=timeout)
@@ -132,35 +137,168 @@ class ServerProcess:
                 self.proc.wait()
 
 
-class ServerPool:
-    """Starts every known server configuration once, concurrently, on first use."""
+class ServerStartError(RuntimeError):
+    """A server configuration did not come up; names it, says how long it took, shows its log."""
 
-    def __init__(self, specs: list[ServerSpec], model_path: Path) -> None:
+
+@dataclass
+class _Start:
+    server: ServerProcess
+    launched: float
+    concurrent: int  # servers starting at the same moment, this one included
+
+
+class ServerPool:
+    """Server configurations, started ahead of the tests that need them, a few at a time.
+
+    Each start costs ~40 s of CPU; all seven at once took six minutes on 2 cores. So
+    `plan(names)` queues the configurations a session needs, in the order its tests
+    need them, and a background thread keeps at most `max_starting` of them starting.
+    `get(name)` moves its server to the front of the queue and waits for it. Readiness is
+    SGLang's `/health` (200 only after its warm-up request). A server that fails to
+    start raises `ServerStartError` in the tests that use it, and only there.
+    """
+
+    def __init__(
+        self,
+        specs: list[ServerSpec],
+        model_path: Path,
+        *,
+        max_starting: int = MAX_STARTING,
+        start_timeout: float = START_TIMEOUT_S,
+    ) -> None:
         self._specs = {s.name: s for s in specs}
         self._model_path = model_path
-        self._servers: dict[str, ServerProcess] = {}
-        self._ready: set[str] = set()
+        self._max_starting = max_starting
+        self._start_timeout = start_timeout
+        self._cv = threading.Condition()
+        self._queue: list[str] = []
+        self._starting: dict[str, _Start | None] = {}  # None while its model folder is built
+        self._ready: dict[str, ServerProcess] = {}
+        self._failed: dict[str, ServerStartError] = {}
+        self.start_seconds: dict[str, tuple[float, int]] = {}  # name -> (seconds to ready, concurrent)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def plan(self, names: list[str]) -> None:
+        """Queue configurations to start in the background, in this order."""
+        with self._cv:
+            for name in names:
+                self._check_known(name)
+                if not self._known(name) and name not in self._queue:
+                    self._queue.append(name)
+            self._wake()
 
     def get(self, name: str) -> ServerProcess:
-        if not self._servers:
-            for spec in self._specs.values():
-                server = ServerProcess(spec, spec.model() if spec.model else self._model_path)
-                server.start()
-                self._servers[spec.name] = server
-        server = self._servers[name]
-        if name not in self._ready:
-            server.wait_ready()
-            self._ready.add(name)
-        return server
+        self._check_known(name)
+        with self._cv:
+            if name in self._queue:
+                self._queue.remove(name)
+            if not self._known(name):
+                self._queue.insert(0, name)
+            self._wake()
+            while name not in self._ready and name not in self._failed:
+                self._cv.wait(timeout=1.0)
+            if name in self._failed:
+                raise self._failed[name]
+            return self._ready[name]
 
     def close(self) -> None:
         """Stop every server; a server that leaked or broke an invariant fails the session."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
         problems = []
-        for name in self._ready:
+        for server in self._ready.values():
             try:
-                self._servers[name].assert_healthy()
+                server.assert_healthy()
             except AssertionError as exc:
                 problems.append(str(exc))
-        for server in self._servers.values():
-            server.stop()
+        self.stop_all()
         assert not problems, "\n".join(problems)
+
+    def stop_all(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        for server in [*self._ready.values(), *(s.server for s in self._starting.values() if s)]:
+            server.stop()
+
+    # ----------------------------------------------------------- the starter thread
+
+    def _check_known(self, name: str) -> None:
+        if name not in self._specs:
+            raise KeyError(f"no server configuration named {name!r}; known: {', '.join(self._specs)}")
+
+    def _known(self, name: str) -> bool:
+        return name in self._starting or name in self._ready or name in self._failed
+
+    def _wake(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="server-starter", daemon=True)
+            self._thread.start()
+        self._cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if self._closed:
+                    return
+                launch = []
+                while self._queue and len(self._starting) < self._max_starting:
+                    name = self._queue.pop(0)
+                    self._starting[name] = None
+                    launch.append(name)
+            for name in launch:
+                self._launch(name)
+            for name, start in list(self._starting.items()):
+                if start is not None:
+                    self._check_start(name, start)
+            with self._cv:
+                self._cv.wait(timeout=1.0)
+
+    def _launch(self, name: str) -> None:
+        spec = self._specs[name]
+        try:
+            server = ServerProcess(spec, spec.model() if spec.model else self._model_path)
+            server.start()
+        except Exception as exc:  # noqa: BLE001 - reported to the tests that need this server
+            self._finish(name, failure=ServerStartError(f"server {name} could not be launched: {exc!r}"))
+            return
+        with self._cv:
+            self._starting[name] = _Start(server, time.monotonic(), len(self._starting))
+
+    def _check_start(self, name: str, start: _Start) -> None:
+        elapsed = time.monotonic() - start.launched
+        try:
+            ready = start.server.poll_ready()
+        except ServerStartError as exc:
+            self._finish(name, failure=ServerStartError(f"{exc} (after {elapsed:.0f} s)"))
+            return
+        if ready:
+            self.start_seconds[name] = (elapsed, start.concurrent)
+            self._finish(name, server=start.server)
+        elif elapsed > self._start_timeout:
+            start.server.stop()
+            self._finish(
+                name,
+                failure=ServerStartError(
+                    f"server {name} not ready after {elapsed:.0f} s (limit {self._start_timeout:.0f} s, "
+                    f"{start.concurrent} starting at once; args {' '.join(start.server.spec.args)}):\n"
+                    f"{start.server.log_tail()}"
+                ),
+            )
+
+    def _finish(self, name: str, *, server: ServerProcess | None = None,
+                failure: ServerStartError | None = None) -> None:  # fmt: skip
+        with self._cv:
+            self._starting.pop(name, None)
+            if server is not None:
+                self._ready[name] = server
+            else:
+                self._failed[name] = failure
+            self._cv.notify_all()
