@@ -21,7 +21,9 @@ def beams(out: dict) -> list[list[int]]:
     return [beam["output_ids"] for beam in out["meta_info"]["beam_results"]]
 
 
-def test_beam_search_next_to_compacting_requests(default_server, plain_server, reference, tokenizer, token_ids):
+def test_beam_search_next_to_compacting_requests(
+    default_server, plain_server, reference, tokenizer, token_ids
+):
     """A beam request with Memento off decodes in the same batches as requests whose rows
     are being compacted; a beam request that Memento would track is refused (HTTP 400)."""
     prompts = [chat_prompt(tokenizer, "Beam neighbour" + " seven" * i) for i in range(3)]

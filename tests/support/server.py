@@ -98,7 +98,9 @@ class ServerProcess:
 
         Raises when the process exited: a server that died never becomes ready."""
         if self.proc.poll() is not None:
-            raise ServerStartError(f"server {self.spec.name} exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            raise ServerStartError(
+                f"server {self.spec.name} exited with code {self.proc.returncode}:\n{self.log_tail()}"
+            )
         try:
             return requests.get(self.url + "/health", timeout=5).status_code == 200
         except requests.RequestException:
