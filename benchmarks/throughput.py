@@ -1,21 +1,32 @@
-"""Throughput under KV pressure: Memento vs the same server with eviction off.
+"""Throughput under KV pressure: Memento's scheduling vs SGLang's, vs no eviction.
 
-N concurrent requests with paper-shaped traces (memento-reference.md 1.8, scaled by
-`--scale`; every block, memento and answer length forced exactly, so both runs do
-the same work) on one server whose KV pool (`--pool`) is too small for N
-unevicted rows. The two runs differ only in `compact_on_summary_end` per request:
-same engine, same pool, same scheduler. Reported per run: output tokens/s, batch
-wall time, peak KV in use (SGLang's `#token`, decode log at every step) and the
-requests SGLang retracted for lack of KV (`sglang:num_retracted_requests_total`).
-The concurrency sweep mirrors the paper's Fig. 8.
+N concurrent requests on one server whose KV pool (`--pool`) is too small for N
+unevicted rows. Every block, memento and answer length is forced exactly, so all
+modes do the same work. Three modes, per request, on the same server (same engine,
+pool and scheduler):
 
-    python benchmarks/throughput.py --scale 0.05 --pool 4000 --concurrency 4 8 16 32
+    memento         eviction + Memento-aware admission (the default)
+    stock_admission eviction, but SGLang's own estimate (`admission_estimate: false`)
+    no_eviction     `compact_on_summary_end: false` (Memento tracking, nothing evicted)
+
+Two kinds of traces: `sync`, the paper's trace shape (memento-reference.md 1.8,
+scaled by `--scale`) for every request, all sent at once; `staggered`, 5-13 blocks of
+varied lengths per request (seeded), arriving `--stagger` seconds apart.
+
+Per run: output tokens/s, wall time, mean and max running requests and KV in use
+(share of the pool) over decode steps (SGLang's decode log at every step), output
+tokens per decode step (the GPU proxy: a CPU's step time grows with the batch),
+requests SGLang retracted and the output tokens they had to recompute.
+
+    python benchmarks throughput --scale 0.05 --pool 4000 --concurrency 16 32 64
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,39 +37,111 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import (  # noqa: E402
-    add_server_options,
-    chat_prompts,
-    counter,
-    machine,
-    peak_used_tokens,
-    server_setup,
-    sibling,
-)
+from _common import add_server_options, chat_prompts, counter, machine, server_setup, sibling  # noqa: E402
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
+from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
+
 RETRACTED = "sglang:num_retracted_requests_total"
-kv_profile = sibling("kv_profile")  # the trace shape and request body (one definition)
+RETRACTED_TOKENS = "sglang:memento_retracted_output_tokens_total"
+MODES = {
+    "memento": {"compact_on_summary_end": True},
+    "stock_admission": {"compact_on_summary_end": True, "admission_estimate": False},
+    "no_eviction": {"compact_on_summary_end": False},
+}
+DECODE_LINE = re.compile(r"Decode batch, #running-req: (\d+), #token: (\d+)")
+kv_profile = sibling("kv_profile")  # the paper's trace shape (one definition)
 
 
-def run(url: str, log_text, tokenizer, shape, concurrency: int, evict: bool) -> dict:
-    prompts = chat_prompts(tokenizer, [f"Problem {i}: think it through." for i in range(concurrency)])
-    bodies = [{**kv_profile.request_body(p, shape, evict), "stream": False} for p in prompts]
-    before, log_start = counter(url, RETRACTED), len(log_text())
+def trace_bodies(tokenizer, shape, n: int, kind: str, mode: str, seed: int = 0) -> list[dict]:
+    """One request body per trace; the same traces for every mode (seeded)."""
+    rng = random.Random(seed)
+    prompts = chat_prompts(tokenizer, [f"Problem {i}: think it through." for i in range(n)])
+    bodies = []
+    for prompt in prompts:
+        if kind == "sync":
+            blocks = [(shape.block_tokens, shape.memento_tokens)] * shape.blocks
+        else:
+            blocks = [
+                (
+                    max(2, round(shape.block_tokens * rng.uniform(0.5, 1.5))),
+                    max(1, round(shape.memento_tokens * rng.uniform(0.5, 1.5))),
+                )
+                for _ in range(rng.randint(5, 13))
+            ]
+        tag = memento_structural_tag(
+            [BlockBudget(b, m, exact=True) for b, m in blocks], answer_tokens=shape.answer_tokens
+        )
+        memento = {"enable": True, "mask_delimiters": False, **MODES[mode]}
+        params = {
+            "temperature": 0.0,
+            "max_new_tokens": sum(b + m + 4 for b, m in blocks) + shape.answer_tokens + 4,
+            "structural_tag": tag,
+            "skip_special_tokens": False,
+            "custom_params": {"memento": memento},
+        }
+        bodies.append({"input_ids": prompt, "sampling_params": params})
+    return bodies
+
+
+def decode_steps(log: str) -> list[tuple[int, int]]:
+    """(running requests, KV slots in use) at every decode step in a log excerpt."""
+    return [(int(r), int(t)) for r, t in DECODE_LINE.findall(log)]
+
+
+def run(server, tokenizer, shape, n: int, kind: str, mode: str, pool: int, stagger: float) -> dict:
+    bodies = trace_bodies(tokenizer, shape, n, kind, mode)
+    before = counter(server.url, RETRACTED), counter(server.url, RETRACTED_TOKENS)
+    log_start = len(server.log_text())
+
+    def send(i: int) -> dict:
+        if kind == "staggered":
+            time.sleep(i * stagger)
+        r = requests.post(server.url + "/generate", json=bodies[i], timeout=7200)
+        r.raise_for_status()
+        return r.json()
+
     start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        outs = list(pool.map(lambda b: requests.post(url + "/generate", json=b, timeout=7200).json(), bodies))
+    with ThreadPoolExecutor(n) as executor:
+        outs = list(executor.map(send, range(n)))
     wall = time.perf_counter() - start
     output_tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+    steps = decode_steps(server.log_text()[log_start:])
+    running = [r for r, _ in steps] or [0]
+    used = [t for _, t in steps] or [0]
     return {
-        "concurrency": concurrency,
-        "evict": evict,
+        "trace": kind,
+        "concurrency": n,
+        "mode": mode,
         "output_tokens": output_tokens,
         "wall_s": wall,
         "tokens_per_s": output_tokens / wall,
-        "peak_kv_tokens": peak_used_tokens(log_text()[log_start:]),
-        "retracted_requests": counter(url, RETRACTED) - before,
+        "decode_steps": len(steps),
+        "tokens_per_step": output_tokens / max(1, len(steps)),
+        "mean_running": sum(running) / len(running),
+        "max_running": max(running),
+        "peak_kv_share": max(used) / pool,
+        "mean_kv_share": sum(used) / len(used) / pool,
+        "retracted_requests": counter(server.url, RETRACTED) - before[0],
+        "retracted_output_tokens": counter(server.url, RETRACTED_TOKENS) - before[1],
     }
+
+
+def print_table(rows: list[dict]) -> None:
+    base = {(r["trace"], r["concurrency"]): r for r in rows if r["mode"] == "no_eviction"}
+    print(
+        f"{'trace':>9} {'N':>3} {'mode':>15} {'tok/s':>7} {'vs no-ev':>8} {'tok/step':>8} {'run mean':>8} "
+        f"{'run max':>7} {'KV peak':>7} {'KV mean':>7} {'retr':>4} {'retr tok':>8}"
+    )
+    for r in rows:
+        ref = base.get((r["trace"], r["concurrency"]))
+        ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else ""
+        print(
+            f"{r['trace']:>9} {r['concurrency']:>3} {r['mode']:>15} {r['tokens_per_s']:>7.1f} {ratio:>8}"
+            f" {r['tokens_per_step']:>8.2f} {r['mean_running']:>8.1f} {r['max_running']:>7}"
+            f" {r['peak_kv_share']:>7.2f} {r['mean_kv_share']:>7.2f} {r['retracted_requests']:>4.0f}"
+            f" {r['retracted_output_tokens']:>8.0f}"
+        )
 
 
 def main() -> None:
@@ -66,8 +149,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scale", type=float, default=0.05, help="paper trace lengths times this")
-    parser.add_argument("--pool", type=int, default=4000, help="KV pool size (--max-total-tokens)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument(
+        "--pool", type=int, nargs="+", default=[4000], help="KV pool sizes (--max-total-tokens)"
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--traces", nargs="+", choices=["sync", "staggered"], default=["sync", "staggered"])
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--stagger", type=float, default=0.25, help="seconds between staggered arrivals")
     parser.add_argument("--out", type=Path, default=Path("artifacts/throughput.json"))
     add_server_options(parser)
     args = parser.parse_args()
@@ -77,43 +165,33 @@ def main() -> None:
     shape = kv_profile.TraceShape.paper(args.scale)
     model, extra = server_setup(args)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    flags = (
-        "--enable-metrics",
-        "--decode-log-interval",
-        "1",
-        "--max-running-requests",
-        str(max(args.concurrency)),
-    )
-    server = ServerProcess(ServerSpec("throughput", (*flags, *extra), max_total_tokens=args.pool), model)
-    server.start()
+    flags = ("--enable-metrics", "--decode-log-interval", "1")
+    flags += ("--max-running-requests", str(max(args.concurrency)))
     rows = []
-    try:
-        server.wait_ready()
-        run(server.url, server.log_text, tokenizer, shape, 2, True)  # warm-up
-        for n in tqdm(args.concurrency, desc="concurrency"):
-            rows += [run(server.url, server.log_text, tokenizer, shape, n, evict) for evict in (True, False)]
-    finally:
-        server.stop()
-    by_key = {(r["concurrency"], r["evict"]): r for r in rows}
-    speedups = {
-        n: by_key[n, True]["tokens_per_s"] / by_key[n, False]["tokens_per_s"] for n in args.concurrency
-    }
+    points = [(p, k, n) for p in args.pool for k in args.traces for n in args.concurrency]
+    with tqdm(total=len(points) * len(args.modes), desc="runs") as progress:
+        for pool in args.pool:
+            spec = ServerSpec(f"throughput-{pool}", (*flags, *extra), max_total_tokens=pool)
+            server = ServerProcess(spec, model)
+            server.start()
+            try:
+                server.wait_ready()
+                # warm-up: the server learns block and memento lengths from closed blocks
+                for body in trace_bodies(tokenizer, shape, 2, "sync", "memento", seed=1):
+                    server.generate(body)
+                for _, kind, n in [pt for pt in points if pt[0] == pool]:
+                    for mode in args.modes:
+                        row = run(server, tokenizer, shape, n, kind, mode, pool, args.stagger)
+                        rows.append({"pool": pool, **row})
+                        progress.update()
+            finally:
+                server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "machine": machine(),
-        "pool": args.pool,
-        "shape": vars(shape),
-        "rows": rows,
-        "speedup": speedups,
-    }
+    result = {"machine": machine(), "pools": args.pool, "shape": vars(shape), "rows": rows}
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"{'N':>4} {'evict':>5} {'tok/s':>8} {'wall s':>7} {'peak KV':>8} {'retracted':>9} {'speedup':>8}")
-    for r in rows:
-        speed = f"{speedups[r['concurrency']]:.2f}x" if r["evict"] else ""
-        print(
-            f"{r['concurrency']:>4} {str(r['evict']):>5} {r['tokens_per_s']:>8.1f} {r['wall_s']:>7.1f}"
-            f" {r['peak_kv_tokens']:>8} {r['retracted_requests']:>9.0f} {speed:>8}"
-        )
+    for pool in args.pool:
+        print(f"pool {pool} slots, shape {vars(shape)}")
+        print_table([r for r in rows if r["pool"] == pool])
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ class MementoConfig(BaseModel):
     keep_last_block_for_answer: bool = False
     max_block_tokens: int = Field(default=0, ge=0)
     restart_mode: bool = False
+    #: admission reserves what the request can still hold live (mementos + open block),
+    #: learned from blocks closed on the server, instead of its whole max_new_tokens
+    admission_estimate: bool = True
     debug: bool = False
 
     block_start_token: TokenRef = "<|block_start|>"

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Sequence
 from pydantic import BaseModel, ConfigDict
 
 from memento_sglang.config import MementoSpec
+from memento_sglang.growth import CycleBounds, Growth, memento_growth
 from memento_sglang.radix_keys import physical_index, physical_limit, radix_key, without_spans
-from memento_sglang.tracker import BlockTracker, Eviction
+from memento_sglang.tracker import BlockTracker, Eviction, Phase
 
 
 class MementoStats(BaseModel):
@@ -109,6 +110,7 @@ class MementoSequence:
         self._hidden_tokens = 0
         self._live = 0
         self._peak = 0
+        self._cycles_reported = 0
         for ev in self.tracker.feed_many(list(prompt_ids)):
             # Without a masked prefill, later prompt tokens would attend to these
             # blocks; evicting them afterwards would not be exact, so they stay.
@@ -237,6 +239,32 @@ class MementoSequence:
 
     def _due_spans(self) -> list[tuple[int, int]]:
         return [*self.map.spans, *((ev.start, ev.end) for ev in self._due)]
+
+    # --------------------------------------------------------------- admission
+
+    def take_new_cycles(self) -> list[tuple[int, int]]:
+        """(cycle tokens, tokens its eviction removes) of blocks closed since the last call."""
+        blocks = self.tracker.closed_blocks[self._cycles_reported :]
+        self._cycles_reported += len(blocks)
+        return [(b.cycle_tokens, self.tracker.evicted_tokens_of(b)) for b in blocks]
+
+    def future_growth(self, remaining: int, bounds: CycleBounds | None) -> Growth | None:
+        """The most live KV this request can still add; None where eviction will not
+        shrink it (nothing learned yet, eviction off, restart_mode, after `</think>`)."""
+        cfg = self.spec.config
+        tracker = self.tracker
+        if (
+            bounds is None
+            or not cfg.admission_estimate
+            or not cfg.compact_on_summary_end
+            or cfg.keep_last_n_blocks < 0
+            or cfg.restart_mode
+            or tracker.answering
+            or tracker.phase is Phase.OUTSIDE
+        ):
+            return None
+        kept_open = max(cfg.keep_last_n_blocks, int(cfg.keep_last_block_for_answer))
+        return memento_growth(remaining, tracker.open_cycle_tokens, kept_open, bounds)
 
     # -------------------------------------------------------------------- stats
 

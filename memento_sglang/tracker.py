@@ -61,6 +61,13 @@ class ClosedBlock:
     block_end: int
     summary_start: int
     summary_end: int
+    #: where its cycle began: after the previous memento closed, or where tracking began
+    cycle_start: int = -1
+
+    @property
+    def cycle_tokens(self) -> int:
+        """The cycle's length: text before the block, the block, and its memento."""
+        return self.summary_end + 1 - self.cycle_start
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,8 @@ class BlockTracker:
         self._block_end = -1
         self._summary_start = -1
         self._content_tokens = 0
+        self._cycle_start = 0
+        self._answering = False
         self._pending: deque[ClosedBlock] = deque()  # summarised, not evicted yet
         self._deferred: ClosedBlock | None = None  # keep_last_block_for_answer
         self.closed_blocks: list[ClosedBlock] = []
@@ -110,6 +119,21 @@ class BlockTracker:
     def open_block_content_tokens(self) -> int:
         """Content tokens written in the currently open block (0 when none is open)."""
         return self._content_tokens if self._phase is Phase.IN_BLOCK else 0
+
+    @property
+    def open_cycle_tokens(self) -> int:
+        """Tokens written since the last memento closed (or tracking began); 0 outside."""
+        return 0 if self._phase is Phase.OUTSIDE else self._position - self._cycle_start
+
+    @property
+    def answering(self) -> bool:
+        """After `</think>` in the current section: no block will leave the row any more."""
+        return self._answering
+
+    def evicted_tokens_of(self, block: ClosedBlock) -> int:
+        """How many tokens the block's eviction removes, per the delimiter policy."""
+        start, end = self._span(block.block_start, block.block_end)
+        return end - start
 
     @property
     def block_budget_exhausted(self) -> bool:
@@ -135,11 +159,13 @@ class BlockTracker:
             self._end_section(pos, token_id)
             self._phase = Phase.OUTSIDE
             self._im_start_at = pos
+            self._answering = False
             return []
         if self._phase is Phase.OUTSIDE:
             return self._feed_outside(pos, token_id)
         if token_id == ids.think_end:
             self._end_section(pos, token_id)
+            self._answering = True
             return []
         if token_id == ids.block_start:
             return self._on_block_start(pos, token_id)
@@ -173,6 +199,7 @@ class BlockTracker:
         if token_id == ids.assistant and self._im_start_at is not None and pos - self._im_start_at <= 2:
             self._phase = Phase.THINKING
             self._im_start_at = None
+            self._cycle_start = pos + 1
         elif token_id in ids.delimiters:
             self._anomaly(pos, token_id, AnomalyKind.OUTSIDE_SECTION)
         return []
@@ -199,9 +226,11 @@ class BlockTracker:
             block_end=self._block_end,
             summary_start=self._summary_start,
             summary_end=pos,
+            cycle_start=self._cycle_start,
         )
         self.closed_blocks.append(block)
         self._phase = Phase.THINKING
+        self._cycle_start = pos + 1
         cfg = self._cfg
         if not cfg.compact_on_summary_end or cfg.keep_last_n_blocks < 0:
             return []

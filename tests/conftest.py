@@ -18,6 +18,7 @@ SERVER_MEMENTO_OFF = json.dumps({"mask_delimiters": False})  # requests opt in
 
 PRESSURE_POOL_TOKENS = 300
 POOL = pytest.StashKey["ServerPool | None"]()
+START_SECONDS = pytest.StashKey[dict]()
 
 SERVERS = [
     # SGLang defaults (overlap scheduler on, radix cache on), our launcher, Memento on, metrics.
@@ -30,14 +31,16 @@ SERVERS = [
     ),
     # Small prefill chunks: a prompt's closed blocks span several chunks.
     ServerSpec("chunked", ("--memento-config", SERVER_MEMENTO_ON, "--chunked-prefill-size", "16")),
-    # Pressure: a KV pool too small for every cached trace (the radix tree evicts by LRU),
-    # and SGLang's own retraction test mode: every third decode step retracts a request,
+    # SGLang's own retraction test mode: every third decode step retracts a request,
     # which comes back through a (masked) re-prefill and re-compaction.
+    ServerSpec("retract", ("--memento-config", SERVER_MEMENTO_ON), env=(("SGLANG_TEST_RETRACT", "1"),)),
+    # Real pressure: a KV pool too small for every cached trace (the radix tree evicts by
+    # LRU) and for the requests admitted on Memento's estimate (SGLang retracts for real).
+    # An optimistic new-token ratio (SGLang's own knob) makes admission over-commit.
     ServerSpec(
         "pressure",
-        ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics"),
+        ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics", "--schedule-conservativeness", "0.3"),
         max_total_tokens=PRESSURE_POOL_TOKENS,
-        env=(("SGLANG_TEST_RETRACT", "1"),),
     ),
     # llguidance instead of xgrammar: the Memento structure as a Lark grammar (`ebnf`).
     ServerSpec("llguidance", ("--memento-config", SERVER_MEMENTO_ON, "--grammar-backend", "llguidance")),
@@ -74,7 +77,7 @@ def reference(model_path, tokenizer):
 SERVER_FIXTURES = {
     "default_server": "default",
     "plain_server": "no_overlap_no_radix",
-    "retract_server": "pressure",
+    "retract_server": "retract",
     "pressure_server": "pressure",
     "llguidance_server": "llguidance",
     "smollm2_server": "smollm2",
@@ -99,8 +102,9 @@ def pytest_collection_finish(session):
     """Start the servers the selected tests need, in the order they need them."""
     planned = list(dict.fromkeys(name for item in session.items for name in servers_needed(item)))
     if planned and not session.config.option.collectonly:
-        session.config.stash[POOL] = ServerPool(SERVERS, tiny_model_path())
-        session.config.stash[POOL].plan(planned)
+        pool = session.config.stash[POOL] = ServerPool(SERVERS, tiny_model_path())
+        session.config.stash[START_SECONDS] = pool.start_seconds
+        pool.plan(planned)
 
 
 def pytest_unconfigure(config):
@@ -111,10 +115,10 @@ def pytest_unconfigure(config):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    pool = config.stash.get(POOL, None)
-    if pool is not None and pool.start_seconds:
+    started = config.stash.get(START_SECONDS, {})
+    if started:
         terminalreporter.write_sep("-", "server start-up (seconds to ready, servers starting at once)")
-        for name, (seconds, concurrent) in pool.start_seconds.items():
+        for name, (seconds, concurrent) in started.items():
             terminalreporter.write_line(f"{name}: {seconds:.0f} s ({concurrent} at once)")
 
 
@@ -124,6 +128,7 @@ def server_pool(request, model_path):
     pool = request.config.stash.get(POOL, None)
     if pool is None:  # a test that collection did not see needing a server
         pool = request.config.stash[POOL] = ServerPool(SERVERS, model_path)
+        request.config.stash[START_SECONDS] = pool.start_seconds
     yield pool
     request.config.stash[POOL] = None
     pool.close()
@@ -160,8 +165,8 @@ def pressure_server(server_pool):
 
 
 @pytest.fixture(scope="session")
-def retract_server(pressure_server):
-    return pressure_server
+def retract_server(server_pool):
+    return server_pool.get("retract")
 
 
 @pytest.fixture(scope="session")

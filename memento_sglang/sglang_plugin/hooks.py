@@ -16,6 +16,7 @@ from sglang.srt.plugins.hook_registry import HookType
 
 from memento_sglang.config import MementoConfigError
 from memento_sglang.sglang_plugin import (
+    admission,
     attention,
     chat,
     gpu_attention,
@@ -31,6 +32,7 @@ _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _BATCH = "sglang.srt.managers.schedule_batch.ScheduleBatch"
 _REQ = "sglang.srt.managers.schedule_batch.Req"
+_ADDER = "sglang.srt.managers.schedule_policy.PrefillAdder"
 _FWD = "sglang.srt.model_executor.forward_batch_info.ForwardBatch"
 _RUNNER = "sglang.srt.model_executor.model_runner.ModelRunner"
 _XGRAMMAR = "sglang.srt.constrained.xgrammar_backend.XGrammarGrammarBackend"
@@ -40,6 +42,7 @@ _TRITON_ATTN = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
 _COMMON = "sglang.srt.mem_cache.common"
 _CHAT = "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat"
 _INTERPRETER = "sglang.lang.interpreter.StreamExecutor"
+RETRACTING = "_memento_retracting"  # attribute on Req while SGLang releases it for a retraction
 _BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend")
 _CACHE_FIELDS = ("radix_cache_backend", "disable_radix_cache", "enable_hierarchical_cache")
 
@@ -141,6 +144,7 @@ def install_in_scheduler(result, self, server_args, *args, **kwargs):
         envs.SGLANG_ENABLE_DELAY_SAMPLE.set(True)
     self.memento_masked_prefill = attention.can_mask(self.tp_worker.model_runner.attn_backend)
     metrics.install(self)
+    admission.install()
 
 
 def stream_memento_stats(result, self, *args, **kwargs):
@@ -151,9 +155,33 @@ def attach_memento_state(req, self, recv_req, *args, **kwargs):
     scheduler.attach(req, self.memento_resolver, self.tree_cache, masked_prefill=self.memento_masked_prefill)
 
 
-def restart_closed_mementos(self, batch, *args, **kwargs):
-    """`restart_mode`: a request whose memento just closed re-prefills instead of decoding."""
+def restart_then_compact(self, batch, *args, **kwargs):
+    """Before SGLang checks decode memory: `restart_mode` requests whose memento just
+    closed go back to prefill; the other due blocks leave their rows, so the check (and
+    its retractions) sees the slots they free."""
     scheduler.retract_for_restart(self, batch)
+    compact_before_admission(self, batch)
+
+
+def compact_before_admission(self, running_batch, *args, **kwargs):
+    """Slots a closing block frees count for admission and for the decode memory check
+    of this very step (both come after this), and lift SGLang's "batch is full" latch."""
+    with metrics.compaction_timer(count_step=False):
+        if scheduler.compact_running_batch(running_batch):
+            running_batch.batch_is_full = False
+
+
+def admit_with_memento_estimate(original, self, req, *args, **kwargs):
+    """New requests, last chunks, preemption: SGLang's estimate of `req`'s growth is Memento's."""
+    with admission.estimate_scope(req, scheduler.synced(req)):
+        return original(self, req, *args, **kwargs)
+
+
+def reserve_for_running_request(original, self, req, *args, **kwargs):
+    """A running request's reserved growth: its open cycle, then discounted mementos."""
+    stock = original(self, req, *args, **kwargs)
+    ratio = 1.0 if req.sampling_params.ignore_eos else self.new_token_ratio
+    return admission.running_reservation(stock, req, scheduler.synced(req), ratio)
 
 
 def compact_before_decode(self, *args, **kwargs):
@@ -172,8 +200,22 @@ def physical_fill_ids(original, self, *args, **kwargs):
 
 
 def compact_before_release(req, tree_cache, *args, checkpoint=False, **kwargs):
-    """A finished row reaches the Memento tree with its closed blocks compacted."""
-    scheduler.compact_before_release(req, tree_cache, checkpoint=checkpoint)
+    """A row reaches the Memento tree with its closed blocks compacted; a retracted
+    Memento row goes there too (see `retract_into_tree`)."""
+    keep = not checkpoint and getattr(req, RETRACTING, False)
+    scheduler.compact_before_release(req, tree_cache, checkpoint=checkpoint or keep)
+    return ((req, tree_cache, *args), {**kwargs, "checkpoint": True}) if keep else None
+
+
+def retract_into_tree(original, *args, req, tree_cache, **kwargs):
+    """SGLang releases a retracted row without caching it; a Memento row keeps its work."""
+    if not scheduler.keeps_work_on_retraction(req, tree_cache):
+        return original(*args, req=req, tree_cache=tree_cache, **kwargs)
+    setattr(req, RETRACTING, True)
+    try:
+        return original(*args, req=req, tree_cache=tree_cache, **kwargs)
+    finally:
+        setattr(req, RETRACTING, False)
 
 
 def cap_cached_prefix(max_prefix_len, self, *args, **kwargs):
@@ -182,6 +224,8 @@ def cap_cached_prefix(max_prefix_len, self, *args, **kwargs):
 
 
 def reset_after_retraction(result, self, *args, **kwargs):
+    if (m := metrics.current()) is not None:
+        m.retracted_output_tokens.inc(len(self.output_ids))
     scheduler.on_row_released(self)
 
 
@@ -258,12 +302,18 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_SCHED}.__init__", install_in_scheduler, H.AFTER),
     HookSpec(f"{_SCHED}.get_output_streamer_class", stream_memento_stats, H.AFTER),
     HookSpec(f"{_SCHED}._create_generation_req", attach_memento_state, H.AFTER),
-    HookSpec(f"{_SCHED}.update_running_batch", restart_closed_mementos, H.BEFORE),
+    HookSpec(f"{_SCHED}.update_running_batch", restart_then_compact, H.BEFORE),
+    HookSpec(f"{_SCHED}.get_new_batch_prefill", compact_before_admission, H.BEFORE),
+    HookSpec(f"{_ADDER}.add_one_req", admit_with_memento_estimate, H.AROUND),
+    HookSpec(f"{_ADDER}.add_chunked_req", admit_with_memento_estimate, H.AROUND),
+    HookSpec(f"{_ADDER}.preempt_to_schedule", admit_with_memento_estimate, H.AROUND),
+    HookSpec(f"{_ADDER}._get_running_request_total_token_offset", reserve_for_running_request, H.AROUND),
     HookSpec(f"{_BATCH}.prepare_for_decode", compact_before_decode, H.BEFORE),
     HookSpec(f"{_FWD}.init_new", logical_positions_and_masks, H.AFTER),
     HookSpec(f"{_REQ}._compute_max_prefix_len", cap_cached_prefix, H.AFTER),
     HookSpec(f"{_REQ}.refresh_fill_ids", physical_fill_ids, H.AROUND),
     HookSpec(f"{_COMMON}.release_kv_cache", compact_before_release, H.BEFORE),
+    HookSpec("sglang.srt.managers.schedule_batch.release_req", retract_into_tree, H.AROUND),
     HookSpec(f"{_TORCH_ATTN}.forward_extend", attention.with_batch_plans, H.AROUND),
     HookSpec(f"{_TORCH_ATTN}._run_sdpa_forward_extend", attention.masked_sdpa_extend, H.AROUND),
     HookSpec(

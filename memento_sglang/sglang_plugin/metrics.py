@@ -7,6 +7,8 @@ SGLang's multiprocess registry serves them from the HTTP process.
     sglang:memento_blocks_evicted_total   blocks compacted out of KV rows
     sglang:memento_tokens_evicted_total   KV slots removed from rows by compaction
     sglang:memento_restarts_total         restart_mode re-prefills
+    sglang:memento_retracted_output_tokens_total  output tokens of retracted requests (any
+                                          request), which their re-prefill recomputes
     sglang:memento_kv_tokens_saved        KV tokens the running batch does not hold
                                           thanks to eviction (sum over its requests)
     sglang:memento_decode_steps_total     decode steps the plugin prepared
@@ -35,6 +37,7 @@ class MementoMetrics:
     tree_tokens_evicted: Any
     blocks_reused: Any
     prompt_tokens_reused: Any
+    retracted_output_tokens: Any
 
     @classmethod
     def create(cls, labels: dict[str, Any]) -> MementoMetrics:
@@ -65,6 +68,9 @@ class MementoMetrics:
             prompt_tokens_reused=counter(
                 "prompt_tokens_reused", "Logical prompt tokens not prefilled thanks to a radix-cache hit."
             ),
+            retracted_output_tokens=counter(
+                "retracted_output_tokens", "Output tokens of retracted requests, recomputed on re-prefill."
+            ),
         )
 
 
@@ -86,12 +92,13 @@ def current() -> MementoMetrics | None:
 
 
 @contextmanager
-def compaction_timer() -> Iterator[None]:
-    """Time one decode step's compaction (nothing to do when metrics are off)."""
+def compaction_timer(*, count_step: bool = True) -> Iterator[None]:
+    """Time compaction (nothing to do when metrics are off); `count_step`: a decode step's."""
     if _metrics is None:
         yield
         return
     start = time.perf_counter()
     yield
     _metrics.compaction_seconds.inc(time.perf_counter() - start)
-    _metrics.decode_steps.inc()
+    if count_step:
+        _metrics.decode_steps.inc()

@@ -18,7 +18,7 @@ from memento_sglang.config import MementoConfigError
 from memento_sglang.kernels.row_compaction import shift_row_left
 from memento_sglang.masks import extend_segments
 from memento_sglang.sequence import MementoSequence
-from memento_sglang.sglang_plugin import metrics
+from memento_sglang.sglang_plugin import admission, metrics
 from memento_sglang.sglang_plugin.attention import stage_plans
 from memento_sglang.sglang_plugin.radix_cache import MementoRadixCache, keyed_sequence
 from memento_sglang.tracker import Eviction
@@ -47,6 +47,8 @@ def synced(req: Any) -> MementoSequence | None:
         seq.on_output_tokens(out[seen:])
         setattr(req, OUTPUT_SEEN, len(out))
         closed = seq.tracker.closed_blocks[before:]
+        if closed:
+            admission.observe(seq)
         if closed and (m := metrics.current()) is not None:
             m.blocks_closed.inc(len(closed))
         if seq.spec.config.debug:
@@ -83,6 +85,7 @@ def attach(req: Any, resolver: Any, tree_cache: Any, *, masked_prefill: bool) ->
     seq = MementoSequence(spec, list(req.origin_input_ids), evict_prompt_blocks=masked_prefill)
     setattr(req, STATE, seq)
     setattr(req, OUTPUT_SEEN, 0)
+    admission.observe(seq)
     if seq.tracker.closed_blocks and (m := metrics.current()) is not None:
         m.blocks_closed.inc(len(seq.tracker.closed_blocks))
     if isinstance(tree_cache, MementoRadixCache) and not tree_cache.disable:
@@ -139,6 +142,23 @@ def observe_row(req: Any, seq: MementoSequence) -> None:
     if req.kv.holds_kv:
         protected = req.kv.cache_protected_len
         seq.observe_row(protected, req.kv.kv_allocated_len - protected)
+
+
+def keeps_work_on_retraction(req: Any, tree_cache: Any) -> bool:
+    """Whether a retracted request's compacted row should go into the Memento tree.
+
+    Its re-admission then matches the tree through its mementos and prefills only
+    what the tree lost meanwhile, instead of prompt + every output token.
+    (`restart_mode` retracts to recompute mementos: nothing to keep.)
+    """
+    seq = keyed_sequence(req)
+    return (
+        seq is not None
+        and not req.finished()
+        and isinstance(tree_cache, MementoRadixCache)
+        and not tree_cache.disable
+        and not seq.spec.config.restart_mode
+    )
 
 
 def compact_before_release(req: Any, tree_cache: Any, *, checkpoint: bool) -> None:
@@ -207,8 +227,9 @@ def retract_for_restart(scheduler: Any, batch: Any) -> None:
 # ---------------------------------------------------------------- compaction
 
 
-def compact_running_batch(batch: Any) -> None:
-    """Before a decode step: evict every due block, fix the batch's length tensors.
+def compact_running_batch(batch: Any) -> int:
+    """Evict every due block of a running batch, fix its length tensors; return the slots
+    removed from rows. Runs before admission and again before the decode step (idempotent).
 
     A span is due once its trigger token's KV slot is in the row and that token
     has been processed; so the first query that no longer sees the block is the
@@ -226,7 +247,7 @@ def compact_running_batch(batch: Any) -> None:
     if (m := metrics.current()) is not None:
         m.kv_tokens_saved.set(sum(s.position_offset for r in batch.reqs if (s := sequence_of(r))))
     if not removed:
-        return
+        return 0
     # Rows past len(reqs) are the previous step's beam tail (Memento-off beam members).
     delta_cpu = torch.zeros(batch.seq_lens_cpu.shape[0], dtype=batch.seq_lens_cpu.dtype)
     for i, n in removed:
@@ -239,6 +260,7 @@ def compact_running_batch(batch: Any) -> None:
             batch.orig_seq_lens.device, batch.orig_seq_lens.dtype
         )
     batch.seq_lens_sum = None
+    return sum(n for _, n in removed)
 
 
 def _compact_row(

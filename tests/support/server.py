@@ -37,6 +37,10 @@ MAX_STARTING = int(os.environ.get("MEMENTO_TEST_MAX_STARTING", min(2, os.cpu_cou
 START_TIMEOUT_S = float(os.environ.get("MEMENTO_TEST_START_TIMEOUT", "600"))
 
 
+class ServerStartError(RuntimeError):
+    """A server configuration did not come up; names it, says how long it took, shows its log."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,6 +110,18 @@ class ServerProcess:
         except requests.RequestException:
             return False
 
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> float:
+        """Block until ready (see `poll_ready`); return the seconds it took."""
+        started = time.monotonic()
+        while not self.poll_ready():
+            waited = time.monotonic() - started
+            if waited > timeout:
+                raise ServerStartError(
+                    f"server {self.spec.name} not ready after {waited:.0f} s:\n{self.log_tail()}"
+                )
+            time.sleep(1.0)
+        return time.monotonic() - started
+
     def generate(self, body: dict, timeout: float = 300.0) -> dict:
         r = requests.post(self.url + "/generate", json=body, timeout=timeout)
         if not r.ok:
@@ -137,10 +153,6 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-class ServerStartError(RuntimeError):
-    """A server configuration did not come up; names it, says how long it took, shows its log."""
 
 
 @dataclass

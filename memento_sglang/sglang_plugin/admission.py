@@ -1,0 +1,103 @@
+"""Memento-aware admission: SGLang's KV budget sees what a Memento request can still hold.
+
+SGLang's `PrefillAdder` reserves `min(max_new_tokens - output, CLIP)` tokens of
+future KV for every request: for a new one in full, for a running one times the
+new-token ratio. A Memento request never holds more than its prompt, its mementos
+and one open cycle, so that reservation keeps the pool half empty. Here every place
+where SGLang estimates a request's future growth gets the same Memento estimate
+(`MementoSequence.future_growth`, from the cycles this server has seen):
+
+- new requests, a chunked prompt's last chunk and priority preemption: the
+  module-level `CLIP_MAX_NEW_TOKENS` that those methods read is lowered to the
+  request's estimate for the duration of the call (`estimate_scope`);
+- running requests: `running_reservation` replaces SGLang's offset; the open cycle
+  is reserved in full, the rest is discounted by SGLang's own new-token ratio, so
+  its back-off after a retraction still applies.
+
+Where the estimate does not apply (no Memento, nothing learned yet, eviction off,
+restart_mode, after `</think>`) SGLang's own figure stands, and the Memento figure is
+never above SGLang's. One estimator per scheduler process, behind `current()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sglang.srt.managers import schedule_policy
+
+from memento_sglang.growth import CycleStats, Growth
+from memento_sglang.sequence import MementoSequence
+
+
+class AdmissionEstimator:
+    """Cycles closed on this server, and each request's future KV growth from them."""
+
+    def __init__(self) -> None:
+        self.cycles = CycleStats()
+
+    def observe(self, seq: MementoSequence) -> None:
+        for cycle_tokens, evicted in seq.take_new_cycles():
+            self.cycles.observe(cycle_tokens, evicted)
+
+    def growth(self, req: Any, seq: MementoSequence | None) -> Growth | None:
+        """The request's future growth, or None where SGLang's own estimate applies."""
+        if seq is None:
+            return None
+        remaining = max(req.sampling_params.max_new_tokens - len(req.output_ids), 0)
+        growth = seq.future_growth(remaining, self.cycles.bounds())
+        if growth is None or growth.total >= min(remaining, schedule_policy_clip()):
+            return None
+        return growth
+
+
+_estimator: AdmissionEstimator | None = None
+_STOCK_CLIP = schedule_policy.CLIP_MAX_NEW_TOKENS
+
+
+def install() -> AdmissionEstimator:
+    global _estimator
+    if _estimator is None:
+        _estimator = AdmissionEstimator()
+    return _estimator
+
+
+def current() -> AdmissionEstimator | None:
+    return _estimator
+
+
+def schedule_policy_clip() -> int:
+    """SGLang's clip of a request's estimate (from SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION)."""
+    return _STOCK_CLIP
+
+
+def observe(seq: MementoSequence) -> None:
+    if _estimator is not None:
+        _estimator.observe(seq)
+
+
+@contextmanager
+def estimate_scope(req: Any, seq: MementoSequence | None) -> Iterator[Growth | None]:
+    """Within the block, SGLang's clip of this request's estimate is its Memento growth.
+
+    `PrefillAdder.add_one_req`, `add_chunked_req` and `preempt_to_schedule` read the
+    module global `CLIP_MAX_NEW_TOKENS` at call time, once per request they look at.
+    """
+    growth = _estimator.growth(req, seq) if _estimator is not None else None
+    if growth is None:
+        yield None
+        return
+    schedule_policy.CLIP_MAX_NEW_TOKENS = growth.total
+    try:
+        yield growth
+    finally:
+        schedule_policy.CLIP_MAX_NEW_TOKENS = _STOCK_CLIP
+
+
+def running_reservation(stock: float, req: Any, seq: MementoSequence | None, ratio: float) -> float:
+    """A running request's reserved future KV: SGLang's `stock` offset or less."""
+    growth = _estimator.growth(req, seq) if _estimator is not None else None
+    if growth is None:
+        return stock
+    return min(stock, growth.open + ratio * (growth.total - growth.open))

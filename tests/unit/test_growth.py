@@ -1,0 +1,93 @@
+"""The admission estimate: never above SGLang's, never below what a request really adds."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memento_sglang.growth import CycleBounds, CycleStats, memento_growth
+
+
+@st.composite
+def traces(draw):
+    """Cycles that respect learned bounds: length <= C, kept share <= rho; the first is
+    under way (`progress` tokens written, which are already live)."""
+    cap = draw(st.integers(4, 60))
+    rho = draw(st.sampled_from([0.05, 0.1, 0.2, 0.35, 0.5, 1.0]))
+    keep_n = draw(st.integers(0, 2))
+    cycles = []
+    for _ in range(draw(st.integers(1, 8))):
+        length = draw(st.integers(2, cap))
+        kept = draw(st.integers(0, math.floor(rho * length)))
+        cycles.append((length, kept))
+    progress = draw(st.integers(0, cycles[0][0] - 1))
+    tail = draw(st.integers(0, cap))  # text after the last cycle (cut by max_new_tokens)
+    return CycleBounds(cap, rho), keep_n, cycles, progress, tail
+
+
+def true_peak_growth(cycles, progress, keep_n, tail) -> tuple[int, int]:
+    """Live KV added over the trace's remaining tokens, at its peak; and those tokens.
+
+    A cycle's evicted part leaves when the memento `keep_n` cycles later closes."""
+    live, peak, written = 0, 0, 0
+    closed: list[int] = []  # evicted sizes of cycles still visible
+    for i, (length, kept) in enumerate(cycles):
+        start = progress if i == 0 else 0
+        for _ in range(start, length):
+            live += 1
+            written += 1
+            peak = max(peak, live)
+        closed.append(length - kept)
+        while len(closed) > keep_n:
+            live -= closed.pop(0)
+    live_tail = live
+    for _ in range(tail):
+        live_tail += 1
+        written += 1
+        peak = max(peak, live_tail)
+    return peak, written
+
+
+@settings(max_examples=400, deadline=None)
+@given(traces(), st.integers(0, 300))
+def test_estimate_bounds_the_true_growth_and_stays_below_stock(trace, extra):
+    bounds, keep_n, cycles, progress, _ = trace
+    peak, written = true_peak_growth(cycles, progress, keep_n, 0)
+    for remaining in (written, written + extra):
+        growth = memento_growth(remaining, progress, keep_n, bounds)
+        assert growth.total >= peak, (growth, peak)
+        assert growth.total <= remaining  # SGLang's own estimate is min(remaining, CLIP)
+        assert 0 <= growth.open <= growth.total
+
+
+@settings(max_examples=200, deadline=None)
+@given(traces())
+def test_estimate_is_continuous_when_a_block_closes(trace):
+    """live + estimate does not rise when a memento closes: admission cannot flicker."""
+    bounds, _, cycles, _, _ = trace
+    remaining = 10 * bounds.cycle_tokens
+    length, kept = cycles[0]
+    before = memento_growth(remaining, length, 0, bounds)  # at summary_end, block still live
+    after = memento_growth(remaining, 0, 0, bounds)  # the next token: block gone, new cycle
+    assert after.total - (length - kept) <= before.total
+
+
+def test_cycle_stats_learn_a_high_quantile_and_stay_cold_until_enough():
+    stats = CycleStats(window=100, min_cycles=8, quantile=0.9)
+    for n in range(7):
+        stats.observe(100 + n, 90)
+    assert stats.bounds() is None
+    for n in range(13):
+        stats.observe(100 + 7 + n, 80)
+    bounds = stats.bounds()
+    assert bounds.cycle_tokens == 117  # 18th of 20 sorted lengths 100..119
+    assert bounds.kept_share >= 0.15
+    stats.observe(0, 0)  # malformed: ignored
+    stats.observe(10, 11)
+    assert len(stats) == 20
+
+
+def test_remaining_zero_reserves_nothing():
+    assert memento_growth(0, 5, 0, CycleBounds(50, 0.2)).total == 0
