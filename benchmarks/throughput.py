@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--traces", nargs="+", choices=["sync", "staggered"], default=["sync", "staggered"])
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    parser.add_argument("--stagger", type=float, default=0.25, help="seconds between staggered arrivals")
+    parser.add_argument("--stagger", type=float, default=0.05, help="seconds between staggered arrivals")
     parser.add_argument("--out", type=Path, default=Path("artifacts/throughput.json"))
     add_server_options(parser)
     args = parser.parse_args()

@@ -68,9 +68,10 @@ class CycleStats:
     def bounds(self) -> CycleBounds | None:
         if len(self._lengths) < self._min_cycles:
             return None
+        kept = sum(share * length for share, length in zip(self._kept_shares, self._lengths, strict=True))
         return CycleBounds(
             cycle_tokens=_quantile(self._lengths, self._quantile),
-            kept_share=_quantile(self._kept_shares, self._quantile),
+            kept_share=kept / sum(self._lengths),
         )
 
 

@@ -42,6 +42,10 @@ class MementoStats(BaseModel):
     reused_blocks: int = 0
     tree_kv_slots: int = 0
     own_kv_slots: int = 0
+    #: Memento-aware admission: the growth bound reserved when the request was admitted
+    #: and its live KV then (None: SGLang's own estimate applied)
+    admission_growth_bound: int | None = None
+    admission_live_kv_tokens: int | None = None
 
 
 class EvictionMap:
@@ -111,6 +115,7 @@ class MementoSequence:
         self._live = 0
         self._peak = 0
         self._cycles_reported = 0
+        self._admission: tuple[int, int] | None = None  # (growth bound, live KV) at admission
         for ev in self.tracker.feed_many(list(prompt_ids)):
             # Without a masked prefill, later prompt tokens would attend to these
             # blocks; evicting them afterwards would not be exact, so they stay.
@@ -248,6 +253,18 @@ class MementoSequence:
         self._cycles_reported += len(blocks)
         return [(b.cycle_tokens, self.tracker.evicted_tokens_of(b)) for b in blocks]
 
+    def note_admission(self, growth_bound: int | None) -> None:
+        """The scheduler admitted the request reserving `growth_bound` (None: its own estimate)."""
+        self._admission = None if growth_bound is None else (growth_bound, self._live)
+
+    @property
+    def admission_error(self) -> int | None:
+        """Reserved minus actual growth since admission (>= 0 when the bound held)."""
+        if self._admission is None:
+            return None
+        bound, live = self._admission
+        return bound - (self._peak - live)
+
     def future_growth(self, remaining: int, bounds: CycleBounds | None) -> Growth | None:
         """The most live KV this request can still add; None where eviction will not
         shrink it (nothing learned yet, eviction off, restart_mode, after `</think>`)."""
@@ -285,6 +302,8 @@ class MementoSequence:
             reused_blocks=self._reused[1],
             tree_kv_slots=self._row_slots[0],
             own_kv_slots=self._row_slots[1],
+            admission_growth_bound=None if self._admission is None else self._admission[0],
+            admission_live_kv_tokens=None if self._admission is None else self._admission[1],
         )
 
     def _decide(self, ev: Eviction) -> None:

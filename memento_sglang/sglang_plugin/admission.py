@@ -10,13 +10,15 @@ where SGLang estimates a request's future growth gets the same Memento estimate
 - new requests, a chunked prompt's last chunk and priority preemption: the
   module-level `CLIP_MAX_NEW_TOKENS` that those methods read is lowered to the
   request's estimate for the duration of the call (`estimate_scope`);
-- running requests: `running_reservation` replaces SGLang's offset; the open cycle
-  is reserved in full, the rest is discounted by SGLang's own new-token ratio, so
-  its back-off after a retraction still applies.
+- running requests: `running_reservation` replaces SGLang's offset with the same
+  estimate, undiscounted: it is a bound, not SGLang's early-stop bet (the
+  new-token ratio and its back-off after a retraction still govern every request
+  the estimate does not cover).
 
 Where the estimate does not apply (no Memento, nothing learned yet, eviction off,
 restart_mode, after `</think>`) SGLang's own figure stands, and the Memento figure is
-never above SGLang's. One estimator per scheduler process, behind `current()`.
+never above SGLang's `min(remaining, CLIP)`. One estimator per scheduler process,
+behind `current()`.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def estimate_scope(req: Any, seq: MementoSequence | None) -> Iterator[Growth | N
     module global `CLIP_MAX_NEW_TOKENS` at call time, once per request they look at.
     """
     growth = _estimator.growth(req, seq) if _estimator is not None else None
+    if seq is not None:
+        seq.note_admission(None if growth is None else growth.total)
     if growth is None:
         yield None
         return
@@ -95,9 +99,14 @@ def estimate_scope(req: Any, seq: MementoSequence | None) -> Iterator[Growth | N
         schedule_policy.CLIP_MAX_NEW_TOKENS = _STOCK_CLIP
 
 
-def running_reservation(stock: float, req: Any, seq: MementoSequence | None, ratio: float) -> float:
-    """A running request's reserved future KV: SGLang's `stock` offset or less."""
+def running_reservation(stock: float, req: Any, seq: MementoSequence | None) -> float:
+    """A running request's reserved future KV.
+
+    SGLang's `stock` offset is `min(remaining, CLIP) * new_token_ratio`: an expectation
+    that bets on early stops and retracts when the bet fails. A Memento request's
+    growth is a bound (what its open cycle and its future mementos can add), reserved
+    whole: it is small enough that no bet is needed, so the pool is not over-committed
+    and nothing is retracted while traces stay within the learned cycle bounds.
+    """
     growth = _estimator.growth(req, seq) if _estimator is not None else None
-    if growth is None:
-        return stock
-    return min(stock, growth.open + ratio * (growth.total - growth.open))
+    return stock if growth is None else growth.total

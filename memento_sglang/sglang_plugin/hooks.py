@@ -178,10 +178,9 @@ def admit_with_memento_estimate(original, self, req, *args, **kwargs):
 
 
 def reserve_for_running_request(original, self, req, *args, **kwargs):
-    """A running request's reserved growth: its open cycle, then discounted mementos."""
+    """A running request's reserved growth: the bound of what it can still hold live."""
     stock = original(self, req, *args, **kwargs)
-    ratio = 1.0 if req.sampling_params.ignore_eos else self.new_token_ratio
-    return admission.running_reservation(stock, req, scheduler.synced(req), ratio)
+    return admission.running_reservation(stock, req, scheduler.synced(req))
 
 
 def compact_before_decode(self, *args, **kwargs):

@@ -7,6 +7,9 @@ SGLang's multiprocess registry serves them from the HTTP process.
     sglang:memento_blocks_evicted_total   blocks compacted out of KV rows
     sglang:memento_tokens_evicted_total   KV slots removed from rows by compaction
     sglang:memento_restarts_total         restart_mode re-prefills
+    sglang:memento_admission_bound_tokens_total   growth bounds reserved at admission, and
+    sglang:memento_admission_growth_tokens_total  the growth that finished requests really had
+                                          (their gap is the admission estimate's error)
     sglang:memento_retracted_output_tokens_total  output tokens of retracted requests (any
                                           request), which their re-prefill recomputes
     sglang:memento_kv_tokens_saved        KV tokens the running batch does not hold
@@ -38,6 +41,8 @@ class MementoMetrics:
     blocks_reused: Any
     prompt_tokens_reused: Any
     retracted_output_tokens: Any
+    admission_bound_tokens: Any
+    admission_growth_tokens: Any
 
     @classmethod
     def create(cls, labels: dict[str, Any]) -> MementoMetrics:
@@ -70,6 +75,12 @@ class MementoMetrics:
             ),
             retracted_output_tokens=counter(
                 "retracted_output_tokens", "Output tokens of retracted requests, recomputed on re-prefill."
+            ),
+            admission_bound_tokens=counter(
+                "admission_bound_tokens", "Memento growth bounds reserved at admission (finished requests)."
+            ),
+            admission_growth_tokens=counter(
+                "admission_growth_tokens", "Live KV growth after admission of the same finished requests."
             ),
         )
 

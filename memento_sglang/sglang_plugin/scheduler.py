@@ -176,6 +176,16 @@ def compact_before_release(req: Any, tree_cache: Any, *, checkpoint: bool) -> No
             pool, allocator = tree_cache.req_to_token_pool, tree_cache.token_to_kv_pool_allocator
             _compact_row(req, seq, due, pool, allocator, tree_cache)
     observe_row(req, seq)
+    if req.finished():
+        report_admission_error(seq)
+
+
+def report_admission_error(seq: MementoSequence) -> None:
+    stats = seq.stats()
+    if stats.admission_growth_bound is None or (m := metrics.current()) is None:
+        return
+    m.admission_bound_tokens.inc(stats.admission_growth_bound)
+    m.admission_growth_tokens.inc(stats.admission_growth_bound - seq.admission_error)
 
 
 def report_prefix_reuse(batch: Any) -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from support.mask_rule import visible_matrix
 from support.synthetic import spec, tokens
 
+from memento_sglang.growth import CycleBounds, Growth
 from memento_sglang.sequence import EvictionMap, MementoSequence
 
 
@@ -77,3 +78,37 @@ def test_stats_equal_keys_seen_under_the_mask(lens, keep, delims, tail, prompt_b
     assert stats.peak_kv_tokens_without_eviction == last + 1
     assert stats.tokens_evicted == last + 1 - seen[-1]
     assert stats.blocks_closed == prompt_blocks + len(lens)
+
+
+def test_cycles_and_growth_inputs_follow_the_structure():
+    """Cycles run from after one memento to the end of the next; `</think>` ends them."""
+    seq = MementoSequence(spec(mask_delimiters=False), tokens("A"))
+    assert seq.tracker.open_cycle_tokens == 0
+    seq.on_output_tokens(tokens("w [ w w w ] ( s )"))  # 9 tokens, block content 3
+    assert seq.take_new_cycles() == [(9, 3)] and seq.take_new_cycles() == []
+    seq.on_output_tokens(tokens("[ w ]"))
+    assert seq.tracker.open_cycle_tokens == 3
+    bounds = CycleBounds(cycle_tokens=10, kept_share=0.5)
+    growth = seq.future_growth(100, bounds)
+    assert growth == Growth(open=7, total=7 + 47)
+    seq.on_output_tokens(tokens("( s ) T"))
+    assert seq.tracker.answering and seq.future_growth(100, bounds) is None  # the answer stays
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"compact_on_summary_end": False}, {"keep_last_n_blocks": -1}, {"admission_estimate": False}],
+)
+def test_no_memento_estimate_where_nothing_leaves_the_row(options):
+    seq = MementoSequence(spec(mask_delimiters=False, **options), tokens("A w"))
+    assert seq.future_growth(100, CycleBounds(10, 0.5)) is None
+    assert MementoSequence(spec(mask_delimiters=False), tokens("A w")).future_growth(100, None) is None
+
+
+def test_admission_error_is_reserved_minus_real_growth():
+    seq = MementoSequence(spec(mask_delimiters=False), tokens("A x y"))
+    seq.note_admission(20)
+    seq.on_output_tokens(tokens("[ w w w ] ( s ) w"))
+    stats = seq.stats()
+    assert stats.admission_growth_bound == 20 and stats.admission_live_kv_tokens == 4
+    assert seq.admission_error == 20 - (stats.peak_live_kv_tokens - 4)
