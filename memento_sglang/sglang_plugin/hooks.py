@@ -103,7 +103,7 @@ def take_engine_memento_config(self, *args, **kwargs):
 def validate_server_config_at_startup(result, self, *args, **kwargs):
     """Tokens missing from the vocabulary etc. stop the server before it serves."""
     self.memento_resolver = settings.make_resolver(
-        self.server_args, self.tokenizer, self.model_config.vocab_size
+        self.server_args, self.tokenizer, self.model_config.vocab_size, self.model_config
     )
 
 
@@ -139,7 +139,9 @@ def report_memento_meta_info(original, self, meta_info, state, customized_info, 
 
 def install_in_scheduler(result, self, server_args, *args, **kwargs):
     """Resolve the server config once per scheduler; turn on delayed sampling if needed."""
-    self.memento_resolver = settings.make_resolver(server_args, self.tokenizer, self.model_config.vocab_size)
+    self.memento_resolver = settings.make_resolver(
+        server_args, self.tokenizer, self.model_config.vocab_size, self.model_config
+    )
     if self.memento_resolver.server_spec is not None and self.enable_overlap:
         envs.SGLANG_ENABLE_DELAY_SAMPLE.set(True)
     self.memento_masked_prefill = attention.can_mask(self.tp_worker.model_runner.attn_backend)

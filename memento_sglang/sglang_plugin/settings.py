@@ -109,7 +109,7 @@ def server_config(server_args: Any) -> MementoConfig:
     return MementoConfig.parse(server_config_text(getattr(server_args, ATTRIBUTE, None)))
 
 
-def unsupported_reason(server_args: Any) -> str | None:
+def unsupported_reason(server_args: Any, model_config: Any = None) -> str | None:
     """Why this server cannot run Memento at all (None when it can)."""
     if (server_args.page_size or 1) != 1:
         return f"page_size={server_args.page_size} (row compaction needs --page-size 1)"
@@ -117,7 +117,60 @@ def unsupported_reason(server_args: Any) -> str | None:
         return "speculative decoding is not supported with Memento yet"
     if getattr(server_args, "disaggregation_mode", "null") not in ("null", None):
         return "prefill/decode disaggregation is not supported with Memento yet"
+    if prefill_graph_backend(server_args) == "full":
+        return (
+            "full prefill CUDA graphs (--cuda-graph-backend-prefill full) replay attention plans "
+            "that Memento's prefill masks never reach; use another prefill graph backend"
+        )
+    if _is_hip() and not server_args.disable_overlap_schedule:
+        return (
+            "on ROCm SGLang's overlap scheduler has no write-after-read barrier, and compaction "
+            "rewrites rows the batch in flight reads; add --disable-overlap-schedule"
+        )
+    return model_unsupported_reason(model_config) if model_config is not None else None
+
+
+def model_unsupported_reason(model_config: Any) -> str | None:
+    """Model features whose KV is not one slot per logical token at its position."""
+    if getattr(model_config, "is_hybrid_swa", False):
+        return (
+            "hybrid sliding-window models keep a second KV pool that frees slots by logical "
+            "length, which a compacted row no longer has"
+        )
+    if _uses_ssm_state(model_config):
+        return "hybrid Mamba/linear-attention models keep a recurrent state that an evicted block stays in"
+    if getattr(model_config, "model_is_mrope", False):
+        return (
+            "multimodal-RoPE models (mrope_section) rotate with mrope_positions, which Memento "
+            "does not keep logical; serve the text model (--language-model-only) if it has one"
+        )
     return None
+
+
+def prefill_graph_backend(server_args: Any) -> str | None:
+    """The resolved prefill CUDA-graph backend (SGLang folds the flags into cuda_graph_config)."""
+    config = getattr(server_args, "cuda_graph_config", None)
+    prefill = config.get("prefill") if isinstance(config, dict) else getattr(config, "prefill", None)
+    backend = prefill.get("backend") if isinstance(prefill, dict) else getattr(prefill, "backend", None)
+    backend = backend or getattr(server_args, "cuda_graph_backend_prefill", None)
+    return None if backend is None else str(getattr(backend, "value", backend)).lower()
+
+
+def _is_hip() -> bool:
+    import torch
+
+    return bool(torch.version.hip)
+
+
+def _uses_ssm_state(model_config: Any) -> bool:
+    if getattr(model_config, "hf_config", None) is None:
+        return False
+    from sglang.srt.mem_cache.kv_cache_builder import uses_ssm_state
+
+    try:
+        return bool(uses_ssm_state(model_config))
+    except (AttributeError, TypeError, ValueError):  # a config SGLang's helper cannot read
+        return False
 
 
 def delayed_sampling_on(server_args: Any) -> bool:
@@ -134,7 +187,9 @@ def delayed_sampling_on(server_args: Any) -> bool:
     )
 
 
-def make_resolver(server_args: Any, tokenizer: Any, vocab_size: int) -> ConfigResolver:
+def make_resolver(
+    server_args: Any, tokenizer: Any, vocab_size: int, model_config: Any = None
+) -> ConfigResolver:
     budget_reason = None
     if not delayed_sampling_on(server_args):
         budget_reason = (
@@ -152,7 +207,7 @@ def make_resolver(server_args: Any, tokenizer: Any, vocab_size: int) -> ConfigRe
         server_config(server_args),
         tokenizer_vocab(tokenizer),
         vocab_size,
-        unsupported_reason=unsupported_reason(server_args),
+        unsupported_reason=unsupported_reason(server_args, model_config),
         block_budget_unsupported_reason=budget_reason,
         restart_unsupported_reason=restart_reason,
     )

@@ -1,0 +1,104 @@
+"""SGLang modes Memento cannot follow are refused at startup, naming the flag or feature."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.server_args import ServerArgs
+
+from memento_sglang.config import MementoConfig, MementoConfigError
+from memento_sglang.models.tiny import tiny_model_path
+from memento_sglang.resolver import ConfigResolver
+from memento_sglang.sglang_plugin import settings
+from memento_sglang.sglang_plugin.scheduler import refused_mode
+
+
+def server_args(**overrides) -> SimpleNamespace:
+    base = dict(
+        page_size=1,
+        speculative_algorithm=None,
+        disaggregation_mode="null",
+        disable_overlap_schedule=False,
+        cuda_graph_config={"prefill": {"backend": "disabled"}, "decode": {"backend": "disabled"}},
+    )
+    return SimpleNamespace(**{**base, **overrides})
+
+
+def test_the_cpu_server_shape_is_supported():
+    assert settings.unsupported_reason(server_args()) is None
+
+
+def test_full_prefill_graphs_are_refused():
+    args = server_args(cuda_graph_config={"prefill": {"backend": "full"}})
+    assert "--cuda-graph-backend-prefill full" in settings.unsupported_reason(args)
+
+
+def test_rocm_overlap_scheduler_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert "--disable-overlap-schedule" in settings.unsupported_reason(server_args())
+    assert settings.unsupported_reason(server_args(disable_overlap_schedule=True)) is None
+
+
+@pytest.mark.parametrize(
+    "model, feature",
+    [
+        (SimpleNamespace(is_hybrid_swa=True), "sliding-window"),
+        (SimpleNamespace(model_is_mrope=True), "mrope_positions"),
+    ],
+)
+def test_model_features_are_refused(model, feature):
+    assert feature in settings.unsupported_reason(server_args(), model)
+
+
+def test_a_hybrid_mamba_config_is_refused_through_sglangs_own_detection(tmp_path):
+    """A tiny Qwen3-Next style config (GDN linear attention + full attention layers)."""
+    import json
+
+    config = json.loads((tiny_model_path() / "config.json").read_text())
+    config.update(
+        architectures=["Qwen3NextForCausalLM"],
+        model_type="qwen3_next",
+        layer_types=["linear_attention", "full_attention"],
+        full_attention_interval=2,
+        linear_num_value_heads=2,
+        linear_num_key_heads=2,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_conv_kernel_dim=4,
+        num_experts=0,
+    )
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    try:
+        model = ModelConfig(str(tmp_path))
+    except Exception as exc:  # noqa: BLE001 - this SGLang cannot read the shell: say so
+        pytest.skip(f"SGLang cannot build a Qwen3-Next config here: {exc}")
+    reason = settings.model_unsupported_reason(model)
+    assert reason is not None and "Mamba" in reason
+
+
+def test_the_tiny_model_is_supported():
+    assert settings.model_unsupported_reason(ModelConfig(str(tiny_model_path()))) is None
+
+
+def test_refusal_reaches_server_config_and_requests():
+    reason = settings.unsupported_reason(server_args(), SimpleNamespace(is_hybrid_swa=True))
+    on = MementoConfig(enable=True, mask_delimiters=False)
+    with pytest.raises(MementoConfigError, match="sliding-window"):
+        ConfigResolver(on, {}, 100, unsupported_reason=reason)
+    off = ConfigResolver(MementoConfig(), {}, 100, unsupported_reason=reason)
+    with pytest.raises(MementoConfigError, match="sliding-window"):
+        off.spec_for({"memento": {"enable": True, "mask_delimiters": False}})
+
+
+def test_beam_search_is_a_refused_request_mode():
+    assert refused_mode(SimpleNamespace(beam_width=None)) is None
+    assert refused_mode(SimpleNamespace(beam_width=1)) is None
+    assert "beam_width=4" in refused_mode(SimpleNamespace(beam_width=4))
+
+
+def test_real_server_args_expose_the_prefill_graph_backend():
+    args = ServerArgs(model_path=str(tiny_model_path()), device="cpu")
+    assert settings.prefill_graph_backend(args) in (None, "disabled", "breakable", "full", "piecewise")
