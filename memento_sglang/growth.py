@@ -12,9 +12,10 @@ bounded by
 where `open` is what the cycles that are still open can add (the rest of the
 current cycle, plus `keep_last_n_blocks` whole cycles that stay visible) and
 `kept_share` the share of a cycle that stays in the row. Both come from the cycles
-closed on this server (`CycleStats`): a high percentile of cycle length and the
-largest kept share seen. The bound holds for any trace whose cycles respect them
-(see `tests/unit/test_growth.py`). Pure: no SGLang, no torch.
+the model wrote on this server (`CycleStats`): a high percentile of cycle length and
+the kept share over many cycles. It is a bound for every trace whose cycles stay
+within them (see `tests/unit/test_growth.py`), and an estimate otherwise; after a
+retraction the worst figures seen apply for a while. Pure: no SGLang, no torch.
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class CycleBounds:
-    """What the server has learned about cycles: their length, and the share they keep."""
+    """What the server has learned about cycles: a typical long cycle, the longest one
+    seen, and the share of a cycle that stays in the row."""
 
     cycle_tokens: int
     kept_share: float
+    longest_cycle: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Growth:
     """A request's future KV growth: `total` tokens, of which `open` belong to cycles
-    already under way (never discounted: they will be written unless the request stops)."""
+    already under way (they will be written unless the request stops)."""
 
     open: int
     total: int
@@ -44,34 +47,61 @@ class Growth:
 class CycleStats:
     """The last `window` cycles closed on this server; `bounds()` is None while cold.
 
-    `quantile` of cycle lengths bounds a cycle; the kept share is the same quantile
-    of per-cycle shares, so a few long mementos do not hide behind many short ones.
+    Normally the cycle bound is the `quantile` of cycle lengths and the kept share is
+    the share over all those cycles (long traces average many cycles). After a
+    retraction (`back_off()`), until `window // 4` more cycles have closed, both are the
+    worst seen: the longest cycle and the largest per-cycle share.
     """
 
     def __init__(self, window: int = 512, min_cycles: int = 8, quantile: float = 0.95) -> None:
         if not 0 < quantile <= 1:
             raise ValueError(f"quantile must be in (0, 1], got {quantile}")
         self._lengths: deque[int] = deque(maxlen=window)
-        self._kept_shares: deque[float] = deque(maxlen=window)
+        self._kept: deque[int] = deque(maxlen=window)
         self._min_cycles = min_cycles
         self._quantile = quantile
+        self._back_off_cycles = max(1, window // 4)
+        self._cautious_for = 0  # cycles still to close before the normal bounds apply again
+        self._bounds: CycleBounds | None = None
+        self._stale = True
 
     def observe(self, cycle_tokens: int, evicted_tokens: int) -> None:
         if cycle_tokens <= 0 or not 0 <= evicted_tokens <= cycle_tokens:
             return  # malformed structure: the tracker already recorded an anomaly
         self._lengths.append(cycle_tokens)
-        self._kept_shares.append((cycle_tokens - evicted_tokens) / cycle_tokens)
+        self._kept.append(cycle_tokens - evicted_tokens)
+        self._cautious_for = max(0, self._cautious_for - 1)
+        self._stale = True
+
+    def back_off(self) -> None:
+        """A request admitted on these bounds was retracted: be conservative for a while."""
+        self._cautious_for = self._back_off_cycles
+        self._stale = True
+
+    @property
+    def cautious(self) -> bool:
+        return self._cautious_for > 0
 
     def __len__(self) -> int:
         return len(self._lengths)
 
     def bounds(self) -> CycleBounds | None:
+        if self._stale:
+            self._bounds = self._compute()
+            self._stale = False
+        return self._bounds
+
+    def _compute(self) -> CycleBounds | None:
         if len(self._lengths) < self._min_cycles:
             return None
-        kept = sum(share * length for share, length in zip(self._kept_shares, self._lengths, strict=True))
+        longest = max(self._lengths)
+        if self.cautious:
+            share = max(k / n for k, n in zip(self._kept, self._lengths, strict=True))
+            return CycleBounds(cycle_tokens=longest, kept_share=share, longest_cycle=longest)
         return CycleBounds(
             cycle_tokens=_quantile(self._lengths, self._quantile),
-            kept_share=kept / sum(self._lengths),
+            kept_share=sum(self._kept) / sum(self._lengths),
+            longest_cycle=longest,
         )
 
 
@@ -82,15 +112,20 @@ def _quantile(values: deque, q: float):
 
 def memento_growth(remaining: int, open_cycle_tokens: int, keep_last_n_blocks: int,
                    bounds: CycleBounds) -> Growth:  # fmt: skip
-    """The most live KV a request adds over its next `remaining` tokens.
+    """The most live KV a request adds over its next `remaining` tokens, if its cycles
+    stay within `bounds`.
 
     `open_cycle_tokens` is how far the current cycle has come. While it and the
     `keep_last_n_blocks` cycles after it are open, every token stays; after that,
-    each cycle leaves at most `kept_share` of itself.
+    each cycle leaves `kept_share` of itself. A cycle already longer than the typical
+    bound is given room up to the longest cycle seen.
     """
     if remaining <= 0:
         return Growth(0, 0)
-    open_part = max(0, bounds.cycle_tokens - open_cycle_tokens)
+    cycle = bounds.cycle_tokens
+    if open_cycle_tokens >= cycle:
+        cycle = max(cycle, bounds.longest_cycle)
+    open_part = max(0, cycle - open_cycle_tokens)
     open_part = min(remaining, open_part + max(0, keep_last_n_blocks) * bounds.cycle_tokens)
     total = open_part + math.ceil(bounds.kept_share * (remaining - open_part))
     return Growth(open_part, min(remaining, total))

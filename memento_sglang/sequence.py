@@ -248,10 +248,12 @@ class MementoSequence:
     # --------------------------------------------------------------- admission
 
     def take_new_cycles(self) -> list[tuple[int, int]]:
-        """(cycle tokens, tokens its eviction removes) of blocks closed since the last call."""
+        """(cycle tokens, tokens its eviction removes) of blocks the model closed since the
+        last call. Blocks in the prompt are the client's, not the model's: not counted."""
         blocks = self.tracker.closed_blocks[self._cycles_reported :]
         self._cycles_reported += len(blocks)
-        return [(b.cycle_tokens, self.tracker.evicted_tokens_of(b)) for b in blocks]
+        model_written = [b for b in blocks if b.summary_end >= self.prompt_len]
+        return [(b.cycle_tokens, self.tracker.evicted_tokens_of(b)) for b in model_written]
 
     def note_admission(self, growth_bound: int | None) -> None:
         """The scheduler admitted the request reserving `growth_bound` (None: its own estimate)."""

@@ -36,10 +36,9 @@ SERVERS = [
     ServerSpec("retract", ("--memento-config", SERVER_MEMENTO_ON), env=(("SGLANG_TEST_RETRACT", "1"),)),
     # Real pressure: a KV pool too small for every cached trace (the radix tree evicts by
     # LRU) and for the requests admitted on Memento's estimate (SGLang retracts for real).
-    # An optimistic new-token ratio (SGLang's own knob) makes admission over-commit.
     ServerSpec(
         "pressure",
-        ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics", "--schedule-conservativeness", "0.3"),
+        ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics"),
         max_total_tokens=PRESSURE_POOL_TOKENS,
     ),
     # llguidance instead of xgrammar: the Memento structure as a Lark grammar (`ebnf`).

@@ -34,7 +34,7 @@ from memento_sglang.sequence import MementoSequence
 
 
 class AdmissionEstimator:
-    """Cycles closed on this server, and each request's future KV growth from them."""
+    """Cycles the model closed on this server, and each request's future KV growth from them."""
 
     def __init__(self) -> None:
         self.cycles = CycleStats()
@@ -44,14 +44,21 @@ class AdmissionEstimator:
             self.cycles.observe(cycle_tokens, evicted)
 
     def growth(self, req: Any, seq: MementoSequence | None) -> Growth | None:
-        """The request's future growth, or None where SGLang's own estimate applies."""
+        """The request's future growth, at most SGLang's `min(remaining, CLIP)`; None where
+        SGLang's own estimate applies."""
         if seq is None:
             return None
         remaining = max(req.sampling_params.max_new_tokens - len(req.output_ids), 0)
         growth = seq.future_growth(remaining, self.cycles.bounds())
-        if growth is None or growth.total >= min(remaining, schedule_policy_clip()):
+        if growth is None:
             return None
-        return growth
+        stock = min(remaining, _STOCK_CLIP)
+        return Growth(min(growth.open, stock), min(growth.total, stock))
+
+    def on_retraction(self, seq: MementoSequence | None) -> None:
+        """SGLang retracted a request admitted on the Memento estimate: back off."""
+        if seq is not None and seq.stats().admission_growth_bound is not None:
+            self.cycles.back_off()
 
 
 _estimator: AdmissionEstimator | None = None
@@ -69,14 +76,14 @@ def current() -> AdmissionEstimator | None:
     return _estimator
 
 
-def schedule_policy_clip() -> int:
-    """SGLang's clip of a request's estimate (from SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION)."""
-    return _STOCK_CLIP
-
-
 def observe(seq: MementoSequence) -> None:
     if _estimator is not None:
         _estimator.observe(seq)
+
+
+def on_retraction(seq: MementoSequence | None) -> None:
+    if _estimator is not None:
+        _estimator.on_retraction(seq)
 
 
 @contextmanager
@@ -84,11 +91,11 @@ def estimate_scope(req: Any, seq: MementoSequence | None) -> Iterator[Growth | N
     """Within the block, SGLang's clip of this request's estimate is its Memento growth.
 
     `PrefillAdder.add_one_req`, `add_chunked_req` and `preempt_to_schedule` read the
-    module global `CLIP_MAX_NEW_TOKENS` at call time, once per request they look at.
+    module global `CLIP_MAX_NEW_TOKENS` at call time for the request they admit (every
+    other request they look at goes through `running_reservation`, which restores the
+    stock clip for its own figure).
     """
     growth = _estimator.growth(req, seq) if _estimator is not None else None
-    if seq is not None:
-        seq.note_admission(None if growth is None else growth.total)
     if growth is None:
         yield None
         return
@@ -97,6 +104,17 @@ def estimate_scope(req: Any, seq: MementoSequence | None) -> Iterator[Growth | N
         yield growth
     finally:
         schedule_policy.CLIP_MAX_NEW_TOKENS = _STOCK_CLIP
+
+
+@contextmanager
+def stock_clip() -> Iterator[None]:
+    """SGLang's own clip, whatever request's estimate is in scope around this block."""
+    scoped = schedule_policy.CLIP_MAX_NEW_TOKENS
+    schedule_policy.CLIP_MAX_NEW_TOKENS = _STOCK_CLIP
+    try:
+        yield
+    finally:
+        schedule_policy.CLIP_MAX_NEW_TOKENS = scoped
 
 
 def running_reservation(stock: float, req: Any, seq: MementoSequence | None) -> float:

@@ -174,15 +174,32 @@ def compact_before_admission(self, running_batch, *args, **kwargs):
 
 
 def admit_with_memento_estimate(original, self, req, *args, **kwargs):
-    """New requests, last chunks, preemption: SGLang's estimate of `req`'s growth is Memento's."""
-    with admission.estimate_scope(req, scheduler.synced(req)):
+    """New requests and last chunks: SGLang's estimate of `req`'s growth is Memento's."""
+    seq = scheduler.synced(req)
+    with admission.estimate_scope(req, seq) as growth:
+        result = original(self, req, *args, **kwargs)
+    if seq is not None and req in self.can_run_list:
+        seq.note_admission(None if growth is None else growth.total)
+    return result
+
+
+def preempt_with_memento_estimate(original, self, req, *args, **kwargs):
+    """Priority preemption: Memento's estimate for `req`; preempted Memento rows keep their work."""
+    with admission.estimate_scope(req, scheduler.synced(req)), scheduler.memory_retraction():
         return original(self, req, *args, **kwargs)
 
 
 def reserve_for_running_request(original, self, req, *args, **kwargs):
     """A running request's reserved growth: the bound of what it can still hold live."""
-    stock = original(self, req, *args, **kwargs)
+    with admission.stock_clip():
+        stock = original(self, req, *args, **kwargs)
     return admission.running_reservation(stock, req, scheduler.synced(req))
+
+
+def retract_for_memory(original, self, *args, **kwargs):
+    """SGLang's retraction on a full pool: the rows it releases keep their work."""
+    with scheduler.memory_retraction():
+        return original(self, *args, **kwargs)
 
 
 def compact_before_decode(self, *args, **kwargs):
@@ -227,6 +244,8 @@ def cap_cached_prefix(max_prefix_len, self, *args, **kwargs):
 def reset_after_retraction(result, self, *args, **kwargs):
     if (m := metrics.current()) is not None:
         m.retracted_output_tokens.inc(len(self.output_ids))
+    if scheduler.in_memory_retraction():
+        admission.on_retraction(scheduler.sequence_of(self))
     scheduler.on_row_released(self)
 
 
@@ -307,7 +326,8 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_SCHED}.get_new_batch_prefill", compact_before_admission, H.BEFORE),
     HookSpec(f"{_ADDER}.add_one_req", admit_with_memento_estimate, H.AROUND),
     HookSpec(f"{_ADDER}.add_chunked_req", admit_with_memento_estimate, H.AROUND),
-    HookSpec(f"{_ADDER}.preempt_to_schedule", admit_with_memento_estimate, H.AROUND),
+    HookSpec(f"{_ADDER}.preempt_to_schedule", preempt_with_memento_estimate, H.AROUND),
+    HookSpec(f"{_BATCH}.retract_decode", retract_for_memory, H.AROUND),
     HookSpec(f"{_ADDER}._get_running_request_total_token_offset", reserve_for_running_request, H.AROUND),
     HookSpec(f"{_BATCH}.prepare_for_decode", compact_before_decode, H.BEFORE),
     HookSpec(f"{_FWD}.init_new", logical_positions_and_masks, H.AFTER),

@@ -10,6 +10,8 @@ decides is already "processed" in the overlap scheduler's sense.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -85,7 +87,6 @@ def attach(req: Any, resolver: Any, tree_cache: Any, *, masked_prefill: bool) ->
     seq = MementoSequence(spec, list(req.origin_input_ids), evict_prompt_blocks=masked_prefill)
     setattr(req, STATE, seq)
     setattr(req, OUTPUT_SEEN, 0)
-    admission.observe(seq)
     if seq.tracker.closed_blocks and (m := metrics.current()) is not None:
         m.blocks_closed.inc(len(seq.tracker.closed_blocks))
     if isinstance(tree_cache, MementoRadixCache) and not tree_cache.disable:
@@ -144,16 +145,38 @@ def observe_row(req: Any, seq: MementoSequence) -> None:
         seq.observe_row(protected, req.kv.kv_allocated_len - protected)
 
 
+_memory_retraction_depth = 0
+
+
+@contextmanager
+def memory_retraction() -> Iterator[None]:
+    """SGLang is releasing rows to make room (retract_decode, priority preemption);
+    other releases (pause_generation for new weights, aborts) must not keep work."""
+    global _memory_retraction_depth
+    _memory_retraction_depth += 1
+    try:
+        yield
+    finally:
+        _memory_retraction_depth -= 1
+
+
+def in_memory_retraction() -> bool:
+    return _memory_retraction_depth > 0
+
+
 def keeps_work_on_retraction(req: Any, tree_cache: Any) -> bool:
     """Whether a retracted request's compacted row should go into the Memento tree.
 
     Its re-admission then matches the tree through its mementos and prefills only
-    what the tree lost meanwhile, instead of prompt + every output token.
-    (`restart_mode` retracts to recompute mementos: nothing to keep.)
+    what the tree lost meanwhile, instead of prompt + every output token. Only for
+    releases that make room: rows retracted for new weights, or about to be aborted
+    (`to_finish`), must not be reused. (`restart_mode` retracts to recompute mementos.)
     """
     seq = keyed_sequence(req)
     return (
         seq is not None
+        and in_memory_retraction()
+        and getattr(req, "to_finish", None) is None
         and not req.finished()
         and isinstance(tree_cache, MementoRadixCache)
         and not tree_cache.disable

@@ -117,6 +117,8 @@ def unsupported_reason(server_args: Any, model_config: Any = None) -> str | None
         return "speculative decoding is not supported with Memento yet"
     if getattr(server_args, "disaggregation_mode", "null") not in ("null", None):
         return "prefill/decode disaggregation is not supported with Memento yet"
+    if getattr(server_args, "enable_hisparse", False):
+        return "HiSparse (--enable-hisparse) moves KV rows that compaction rewrites"
     if prefill_graph_backend(server_args) == "full":
         return (
             "full prefill CUDA graphs (--cuda-graph-backend-prefill full) replay attention plans "

@@ -89,6 +89,10 @@ def test_retraction_is_exact(retract_server, default_server, reference, tokenize
         if "Testing retraction. #retracted_reqs:" in line and "#retracted_reqs: 0" not in line
     ]  # fmt: skip
     assert retractions, "SGLang retracted nothing; the test would prove nothing"
+    # retracted rows went into the Memento tree: re-admissions matched their own mementos
+    assert any(out["meta_info"]["memento"]["reused_blocks"] > 0 for out in outs), [
+        out["meta_info"]["memento"] for out in outs
+    ]
     for prompt, body, out in zip(prompts, bodies, outs, strict=True):
         assert_matches_reference(reference, token_ids, prompt, out["output_ids"], SERVER_DEFAULT)
         assert out["output_ids"] == default_server.generate(body)["output_ids"]  # == roomy, unretracted

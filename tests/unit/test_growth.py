@@ -91,3 +91,25 @@ def test_cycle_stats_learn_a_high_quantile_and_stay_cold_until_enough():
 
 def test_remaining_zero_reserves_nothing():
     assert memento_growth(0, 5, 0, CycleBounds(50, 0.2)).total == 0
+
+
+def test_back_off_uses_the_worst_cycles_seen_until_enough_close_again():
+    stats = CycleStats(window=40, min_cycles=4, quantile=0.5)
+    for length, evicted in [(10, 8), (10, 8), (20, 10), (10, 8), (10, 8)]:
+        stats.observe(length, evicted)
+    normal = stats.bounds()
+    assert normal.cycle_tokens == 10 and normal.longest_cycle == 20
+    assert normal.kept_share == (2 + 2 + 10 + 2 + 2) / 60
+    stats.back_off()
+    cautious = stats.bounds()
+    assert (cautious.cycle_tokens, cautious.kept_share) == (20, 0.5)
+    for _ in range(10):  # window // 4 cycles close: the normal bounds apply again
+        stats.observe(10, 8)
+    assert not stats.cautious and stats.bounds().cycle_tokens == 10
+
+
+def test_a_cycle_longer_than_the_typical_bound_still_gets_room():
+    bounds = CycleBounds(cycle_tokens=10, kept_share=0.2, longest_cycle=30)
+    assert memento_growth(100, 4, 0, bounds).open == 6
+    assert memento_growth(100, 12, 0, bounds).open == 18  # up to the longest seen
+    assert memento_growth(100, 40, 0, bounds).open == 0
