@@ -391,9 +391,11 @@ def _offset_positions(forward_batch: Any, batch: Any) -> None:
         per_req = torch.tensor(offsets, dtype=positions.dtype, device=positions.device)
         forward_batch.positions = positions + per_req
     else:
-        per_req = torch.tensor(offsets, dtype=positions.dtype, device=positions.device)
-        lens = torch.as_tensor(batch.extend_lens, device=positions.device)
-        forward_batch.positions = positions + torch.repeat_interleave(per_req, lens)
+        # built on the host and copied once: repeat_interleave on device lengths syncs
+        per_token = torch.repeat_interleave(
+            torch.tensor(offsets, dtype=positions.dtype), torch.tensor(batch.extend_lens)
+        )
+        forward_batch.positions = positions + per_token.to(positions.device, non_blocking=True)
 
 
 # -------------------------------------------------------------------- budget
@@ -412,10 +414,11 @@ def force_block_ends(logits_output: Any, forward_batch: Any) -> None:
     if not forced:
         return
     logits = logits_output.next_token_logits
-    for i, block_end in forced:
-        keep = logits[i, block_end].clone()
-        logits[i] = float("-inf")
-        logits[i, block_end] = keep if torch.isfinite(keep) else 0.0
+    rows = torch.tensor([i for i, _ in forced], device=logits.device)
+    cols = torch.tensor([c for _, c in forced], device=logits.device)
+    keep = logits[rows, cols]  # one gather, no host sync: a -inf logit becomes 0
+    logits[rows] = float("-inf")
+    logits[rows, cols] = torch.where(torch.isfinite(keep), keep, torch.zeros_like(keep))
 
 
 # --------------------------------------------------------------------- stats
