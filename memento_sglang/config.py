@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,7 +58,9 @@ class MementoConfig(BaseModel):
     summary_end_token: TokenRef = "<|summary_end|>"
     think_end_token: TokenRef = "</think>"
     im_start_token: TokenRef = "<|im_start|>"
-    assistant_token: TokenRef = "assistant"
+    #: the assistant role after `im_start_token`: one token, a list of tokens, or a string the
+    #: tokenizer splits (SmolLM2's "ass" + "istant"), matched as a sequence
+    assistant_token: TokenRef | list[TokenRef] = "assistant"
 
     @model_validator(mode="after")
     def _check_combinations(self) -> MementoConfig:
@@ -109,8 +111,14 @@ class MementoConfig(BaseModel):
 
     # --------------------------------------------------------------- resolving
 
-    def resolve(self, vocab: Mapping[str, int], vocab_size: int) -> MementoSpec:
-        """Resolve token strings/ids against a vocabulary; missing tokens are errors."""
+    def resolve(
+        self, vocab: Mapping[str, int], vocab_size: int, encode: Callable[[str], list[int]] | None = None
+    ) -> MementoSpec:
+        """Resolve token strings/ids against a vocabulary; missing tokens are errors.
+
+        `encode` (the tokenizer, no special tokens) lets an `assistant_token` string that
+        is not one token resolve to the sequence the tokenizer writes for it.
+        """
 
         def tid(field: str) -> int:
             ref = getattr(self, field)
@@ -124,6 +132,25 @@ class MementoConfig(BaseModel):
                 )
             return vocab[ref]
 
+        def role() -> tuple[int, ...]:
+            ref = self.assistant_token
+            if isinstance(ref, list):
+                if not ref:
+                    raise MementoConfigError("assistant_token must not be an empty list")
+                return tuple(_resolved(item) for item in ref)
+            if isinstance(ref, str) and ref not in vocab and encode is not None:
+                pieces = [t for t in encode(ref) if 0 <= t < vocab_size]
+                if pieces and len(pieces) <= 4:
+                    return tuple(pieces)
+            return (tid("assistant_token"),)
+
+        def _resolved(item: TokenRef) -> int:
+            if isinstance(item, int) and 0 <= item < vocab_size:
+                return item
+            if isinstance(item, str) and item in vocab:
+                return vocab[item]
+            raise MementoConfigError(f"assistant_token entry {item!r} is not a token of this vocabulary")
+
         ids = MementoTokenIds(
             block_start=tid("block_start_token"),
             block_end=tid("block_end_token"),
@@ -131,7 +158,7 @@ class MementoConfig(BaseModel):
             summary_end=tid("summary_end_token"),
             think_end=tid("think_end_token"),
             im_start=tid("im_start_token") if self.require_assistant_section else None,
-            assistant=tid("assistant_token") if self.require_assistant_section else None,
+            assistant=role() if self.require_assistant_section else None,
         )
         delimiters = [ids.block_start, ids.block_end, ids.summary_start, ids.summary_end]
         if len(set(delimiters)) != 4 or ids.think_end in delimiters:
@@ -149,7 +176,8 @@ class MementoTokenIds:
     summary_end: int
     think_end: int
     im_start: int | None = None
-    assistant: int | None = None
+    #: the assistant role's token sequence, right after `im_start` (one token of slack)
+    assistant: tuple[int, ...] | None = None
 
     @property
     def delimiters(self) -> tuple[int, int, int, int]:

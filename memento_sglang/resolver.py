@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -40,10 +40,12 @@ class ConfigResolver:
         unsupported_reason: str | None = None,
         block_budget_unsupported_reason: str | None = None,
         restart_unsupported_reason: str | None = None,
+        encode: Callable[[str], list[int]] | None = None,
     ) -> None:
         self.server_config = server_config
         self._vocab = dict(vocab)
         self._vocab_size = vocab_size
+        self._encode = encode
         self.unsupported_reason = unsupported_reason
         self.block_budget_unsupported_reason = block_budget_unsupported_reason
         self.restart_unsupported_reason = restart_unsupported_reason
@@ -81,7 +83,14 @@ class ConfigResolver:
             )
         if config.restart_mode and self.restart_unsupported_reason:
             raise MementoConfigError(f"restart_mode is not available here: {self.restart_unsupported_reason}")
-        return config.resolve(self._vocab, self._vocab_size)
+        return config.resolve(self._vocab, self._vocab_size, self._encode)
+
+
+def tokenizer_encoder(tokenizer: Any) -> Callable[[str], list[int]] | None:
+    """The tokenizer's encoding without special tokens (a multi-token role); None without one."""
+    if tokenizer is None:
+        return None
+    return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def tokenizer_vocab(tokenizer: Any) -> dict[str, int]:

@@ -93,6 +93,7 @@ class BlockTracker:
         self._phase = Phase.OUTSIDE if self._cfg.require_assistant_section else Phase.THINKING
         self._position = 0
         self._im_start_at: int | None = None
+        self._since_im_start: list[int] = []
         self._block_start = -1
         self._block_end = -1
         self._summary_start = -1
@@ -159,6 +160,7 @@ class BlockTracker:
             self._end_section(pos, token_id)
             self._phase = Phase.OUTSIDE
             self._im_start_at = pos
+            self._since_im_start: list[int] = []
             self._answering = False
             return []
         if self._phase is Phase.OUTSIDE:
@@ -196,13 +198,27 @@ class BlockTracker:
 
     def _feed_outside(self, pos: int, token_id: int) -> list[Eviction]:
         ids = self._ids
-        if token_id == ids.assistant and self._im_start_at is not None and pos - self._im_start_at <= 2:
+        if self._im_start_at is not None and self._role_ends_at(pos, token_id):
             self._phase = Phase.THINKING
             self._im_start_at = None
             self._cycle_start = pos + 1
         elif token_id in ids.delimiters:
             self._anomaly(pos, token_id, AnomalyKind.OUTSIDE_SECTION)
         return []
+
+    def _role_ends_at(self, pos: int, token_id: int) -> bool:
+        """Whether `token_id` completes the assistant role that starts 1 or 2 positions
+        after `<|im_start|>` (the role may be several tokens: SmolLM2 writes "ass" "istant")."""
+        role = self._ids.assistant or ()
+        if pos - self._im_start_at > len(role) + 1:
+            return False  # too far from the turn's start: the rest of the turn is not looked at
+        self._since_im_start.append(token_id)
+        first = pos - len(role) + 1
+        return (
+            bool(role)
+            and first - self._im_start_at in (1, 2)
+            and tuple(self._since_im_start[-len(role) :]) == role
+        )
 
     def _on_block_start(self, pos: int, token_id: int) -> list[Eviction]:
         if self._phase in (Phase.IN_BLOCK, Phase.IN_SUMMARY):

@@ -56,11 +56,10 @@ MARKER = "memento_recipe.json"
 #: SmolLM2's own template adds this system prompt when a conversation has none.
 DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
-#: SmolLM2 spells the ChatML role "assistant" as two tokens, "ass" + "istant", and the
-#: default `assistant_token="assistant"` is not in its vocabulary. The Memento tracker
-#: takes the assistant token within two positions of `<|im_start|>`, so the second piece
-#: works: serve with `memento_config={..., **SMOLLM2_MEMENTO_CONFIG}`.
-SMOLLM2_MEMENTO_CONFIG = {"assistant_token": "istant"}
+#: SmolLM2 spells the ChatML role "assistant" as two tokens, "ass" + "istant". A server
+#: resolves the default `assistant_token="assistant"` to those pieces through the
+#: tokenizer; this config names them, for code that resolves without a tokenizer.
+SMOLLM2_MEMENTO_CONFIG = {"assistant_token": ["ass", "istant"]}
 
 
 def gguf_path() -> Path:
@@ -210,7 +209,7 @@ def verify_smollm2_model(path: Path) -> None:
     check(config.eos_token_id == tokenizer.eos_token_id, f"config eos_token_id {config.eos_token_id}")
     role = tokenizer.convert_ids_to_tokens(tokenizer.encode("<|im_start|>assistant\n"))
     check(
-        role[:3] == ["<|im_start|>", "ass", SMOLLM2_MEMENTO_CONFIG["assistant_token"]],
+        role[:3] == ["<|im_start|>", *SMOLLM2_MEMENTO_CONFIG["assistant_token"]],
         f"<|im_start|>assistant tokenizes to {role}",
     )
     plain = tokenizer.encode("Hello world")

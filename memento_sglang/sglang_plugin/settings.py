@@ -14,7 +14,7 @@ from sglang.srt.environ import envs
 
 from memento_sglang.config import MementoConfig, MementoConfigError
 from memento_sglang.cpu import gpu_available
-from memento_sglang.resolver import ConfigResolver, server_config_text, tokenizer_vocab
+from memento_sglang.resolver import ConfigResolver, server_config_text, tokenizer_encoder, tokenizer_vocab
 
 ATTRIBUTE = "_memento_config"
 FLAG = "--memento-config"
@@ -209,6 +209,7 @@ def make_resolver(
         server_config(server_args),
         tokenizer_vocab(tokenizer),
         vocab_size,
+        encode=tokenizer_encoder(tokenizer),
         unsupported_reason=unsupported_reason(server_args, model_config),
         block_budget_unsupported_reason=budget_reason,
         restart_unsupported_reason=restart_reason,

@@ -20,7 +20,9 @@ def read_blocks(ids: list[int], tok: MementoTokenIds, require_assistant: bool = 
         if require_assistant and t == tok.im_start:
             in_section, im_at, cur = False, i, []
         elif not in_section:
-            if t == tok.assistant and im_at is not None and i - im_at <= 2:
+            role = list(tok.assistant or ())
+            start = i - len(role) + 1  # the role may be several tokens, 1-2 after im_start
+            if im_at is not None and start - im_at in (1, 2) and ids[start : i + 1] == role:
                 in_section = True
         elif t == tok.think_end:
             think_ends.append(i)

@@ -54,7 +54,7 @@ def test_overrides_validate_the_merged_config():
 def test_resolution_requires_every_token():
     cfg = MementoConfig.parse({"enable": True, "mask_delimiters": True})
     ids = cfg.resolve(VOCAB, 100).ids
-    assert ids.block_start == VOCAB["<|block_start|>"] and ids.assistant == VOCAB["assistant"]
+    assert ids.block_start == VOCAB["<|block_start|>"] and ids.assistant == (VOCAB["assistant"],)
     with pytest.raises(MementoConfigError, match="im_start_token"):
         cfg.resolve({k: v for k, v in VOCAB.items() if k != "<|im_start|>"}, 100)
     relaxed = MementoConfig.parse(
@@ -82,3 +82,28 @@ def test_resolver_per_request():
         budgetless.spec_for({"memento": {"max_block_tokens": 3}})
     with pytest.raises(MementoConfigError, match="cannot run"):
         ConfigResolver(server, VOCAB, 100, unsupported_reason="page_size=16")
+
+
+def test_a_role_the_tokenizer_splits_resolves_to_its_pieces():
+    """SmolLM2 writes "assistant" as "ass" + "istant": the default config serves it."""
+    from transformers import AutoTokenizer
+
+    from memento_sglang.models.smollm2 import smollm2_model_path
+    from memento_sglang.resolver import tokenizer_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_model_path())
+    cfg = MementoConfig(enable=True, mask_delimiters=False)
+    ids = cfg.resolve(tokenizer.get_vocab(), len(tokenizer), tokenizer_encoder(tokenizer)).ids
+    assert tokenizer.convert_ids_to_tokens(list(ids.assistant)) == ["ass", "istant"]
+    with pytest.raises(MementoConfigError, match="assistant_token"):
+        cfg.resolve(tokenizer.get_vocab(), len(tokenizer))  # no tokenizer: one token or nothing
+
+
+@pytest.mark.parametrize(
+    "role, fragment",
+    [([], "empty list"), (["assistant", "<|nope|>"], "'<|nope|>'"), ([5000], "5000")],
+)
+def test_bad_role_lists_name_the_entry(role, fragment):
+    cfg = MementoConfig.parse({"enable": True, "mask_delimiters": False, "assistant_token": role})
+    with pytest.raises(MementoConfigError, match=fragment):
+        cfg.resolve(VOCAB, 100)

@@ -61,8 +61,8 @@ def test_chat_template_renders_chatml_and_the_tracker_finds_the_assistant_turn(t
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
     )
     ids = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
-    # "assistant" is two tokens here; the config points the tracker at the second one
-    assert tokenizer.convert_ids_to_tokens(ids)[2] == SMOLLM2_MEMENTO_CONFIG["assistant_token"]
+    # "assistant" is two tokens here; the tracker matches the role as that sequence
+    assert tokenizer.convert_ids_to_tokens(ids)[1:3] == SMOLLM2_MEMENTO_CONFIG["assistant_token"]
 
 
 def test_config_is_smollm2_with_the_added_tokens(path):

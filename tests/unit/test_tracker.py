@@ -98,6 +98,42 @@ def test_assistant_must_follow_im_start_closely():
     assert evs == [] and tracker.phase is Phase.OUTSIDE
 
 
+PIECE_A, PIECE_B, HEADER_END, NEWLINE = 60, 61, 62, 63  # "ass", "istant", <|end_header_id|>, "\n"
+
+
+@pytest.mark.parametrize(
+    "role, turn",
+    [
+        ([PIECE_A, PIECE_B], [IM, PIECE_A, PIECE_B, NEWLINE]),  # ChatML, role split (SmolLM2)
+        ([ASSISTANT], [IM, ASSISTANT, HEADER_END, NEWLINE]),  # Llama 3: start_header, role, end_header
+        ([ASSISTANT], [IM, ASSISTANT, NEWLINE]),  # ChatML: Qwen3, Phi-4, Olmo 3
+        ([PIECE_A, PIECE_B], [IM, NEWLINE, PIECE_A, PIECE_B]),  # one token of slack, as before
+    ],
+)
+def test_the_assistant_role_is_a_token_sequence(role, turn):
+    ids = [*turn, BS, W, BE, SS, W, SE, W]
+    tracker, evs = evictions({"mask_delimiters": False, "assistant_token": role}, ids)
+    first = len(turn)
+    assert evs == [(first + 1, first + 2, first + 5)] and not tracker.anomalies
+    # the oracle's rule reads the same section
+    assert not all(visible_matrix(ids, spec(mask_delimiters=False, assistant_token=role).ids)[-1])
+
+
+@pytest.mark.parametrize(
+    "turn",
+    [
+        [IM, PIECE_B, NEWLINE],  # the second piece alone is not the role any more
+        [IM, PIECE_A, NEWLINE, PIECE_B],  # interrupted
+        [IM, USER, NEWLINE, PIECE_A, PIECE_B],  # too far from the turn's start
+        [IM, PIECE_B, PIECE_A],  # wrong order
+    ],
+)
+def test_a_partial_or_late_role_is_not_the_assistant(turn):
+    ids = [*turn, BS, W, BE, SS, W, SE]
+    tracker, evs = evictions({"mask_delimiters": False, "assistant_token": [PIECE_A, PIECE_B]}, ids)
+    assert evs == [] and tracker.phase is Phase.OUTSIDE
+
+
 @pytest.mark.parametrize(
     "stream, kind",
     [
