@@ -102,6 +102,8 @@ class MementoSequence:
         self.spec = spec
         self.prompt_len = len(prompt_ids)
         self.radix_keyed = False  # KV shared through the Memento radix tree (set by the host)
+        #: the server's prefill applies Memento masks; without, no mask is ever staged
+        self.masked_prefill = evict_prompt_blocks
         self._ids = array("q", prompt_ids)  # every token fed: prompt, then outputs
         self._reused = (0, 0)  # (logical prompt tokens, blocks) adopted from the tree
         self._row_slots = (0, 0)  # (tree-owned, request-owned) slots of the KV row

@@ -145,6 +145,7 @@ def install_in_scheduler(result, self, server_args, *args, **kwargs):
     if self.memento_resolver.server_spec is not None and self.enable_overlap:
         envs.SGLANG_ENABLE_DELAY_SAMPLE.set(True)
     self.memento_masked_prefill = attention.can_mask(self.tp_worker.model_runner.attn_backend)
+    settings.check_prefill_masking(self.memento_resolver.server_spec, self.memento_masked_prefill)
     metrics.install(self)
     admission.install()
 

@@ -359,7 +359,8 @@ def _extend_plans(batch: Any) -> dict:
     plans = {}
     for i, req in enumerate(batch.reqs):
         seq = sequence_of(req)
-        if seq is None or not seq.has_due():
+        # a backend that cannot mask (e.g. FlashInfer's sliding-window wrappers) gets no mask
+        if seq is None or not seq.masked_prefill or not seq.has_due():
             continue
         plan = extend_segments(
             seq.due_evictions(),

@@ -8,6 +8,7 @@ record; `MEMENTO_SGLANG_CONFIG` is the fallback for launch paths we do not see.
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from sglang.srt.environ import envs
@@ -173,6 +174,23 @@ def _uses_ssm_state(model_config: Any) -> bool:
         return bool(uses_ssm_state(model_config))
     except (AttributeError, TypeError, ValueError):  # a config SGLang's helper cannot read
         return False
+
+
+def check_prefill_masking(server_spec: Any, masked_prefill: bool) -> None:
+    """With Memento on server-wide, a prefill backend SGLang resolved to one that cannot
+    mask (an MLA backend, FlashInfer's sliding-window wrappers) keeps prompt blocks visible:
+    said at startup, and `restart_mode`, which needs the mask, refuses to start."""
+    if server_spec is None or masked_prefill:
+        return
+    if server_spec.config.restart_mode:
+        raise MementoStartupError(
+            "restart_mode needs a prefill attention backend that can mask; this model's resolved "
+            f"backend cannot (use one of {', '.join(MASKING_BACKENDS)})"
+        )
+    logging.getLogger("memento_sglang").warning(
+        "memento-sglang: this prefill attention backend cannot apply Memento masks; closed blocks "
+        "inside prompts stay visible (decode-time eviction still works)"
+    )
 
 
 def delayed_sampling_on(server_args: Any) -> bool:

@@ -102,3 +102,34 @@ def test_beam_search_is_a_refused_request_mode():
 def test_real_server_args_expose_the_prefill_graph_backend():
     args = ServerArgs(model_path=str(tiny_model_path()), device="cpu")
     assert settings.prefill_graph_backend(args) in (None, "disabled", "breakable", "full", "piecewise")
+
+
+def test_restart_mode_without_a_masking_prefill_refuses_to_start():
+    on = MementoConfig(enable=True, mask_delimiters=False, restart_mode=True).resolve(
+        {"<|block_start|>": 1, "<|block_end|>": 2, "<|summary_start|>": 3, "<|summary_end|>": 4,
+         "</think>": 5, "<|im_start|>": 6, "assistant": 7}, 100
+    )  # fmt: skip
+    with pytest.raises(settings.MementoStartupError, match="restart_mode"):
+        settings.check_prefill_masking(on, masked_prefill=False)
+    settings.check_prefill_masking(on, masked_prefill=True)
+    settings.check_prefill_masking(None, masked_prefill=False)  # Memento per request only
+
+
+def test_no_mask_is_staged_for_a_backend_that_cannot_mask():
+    """After a retraction, the re-prefill of a row on such a backend gets no mask (a window
+    wrapper's trimmed keys would misalign it)."""
+    from support.synthetic import spec, tokens
+
+    from memento_sglang.sequence import MementoSequence
+    from memento_sglang.sglang_plugin.scheduler import STATE, _extend_plans
+
+    def batch_of(masked: bool) -> SimpleNamespace:
+        seq = MementoSequence(spec(mask_delimiters=False), tokens("A"), evict_prompt_blocks=masked)
+        seq.on_output_tokens(tokens("[ w ] ( s ) w"))
+        seq.on_row_released()  # retracted: the whole row is prefilled again
+        assert seq.has_due()
+        req = SimpleNamespace(**{STATE: seq, "rid": "r"})
+        return SimpleNamespace(reqs=[req], prefix_lens=[0], extend_lens=[seq.total_len])
+
+    assert _extend_plans(batch_of(masked=True))
+    assert _extend_plans(batch_of(masked=False)) == {}
