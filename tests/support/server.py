@@ -33,7 +33,8 @@ FAILURE_PATTERNS = re.compile(
 #: At most this many servers start at once (one start is ~40 s of CPU on 2 cores).
 MAX_STARTING = int(os.environ.get("MEMENTO_TEST_MAX_STARTING", min(2, os.cpu_count() or 1)))
 #: A start slower than this is a failure. Measured on 2 cores, two starting at once next to
-#: the unit tests: see the README's test section; this leaves about 3x room.
+#: the unit tests: 37-46 s per server (the session prints each); the limit leaves room for a
+#: cold first start (page cache, model conversion), and says which server was slow.
 START_TIMEOUT_S = float(os.environ.get("MEMENTO_TEST_START_TIMEOUT", "600"))
 
 
