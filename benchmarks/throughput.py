@@ -124,7 +124,35 @@ def run(server, tokenizer, shape, n: int, kind: str, mode: str, pool: int, stagg
         "mean_kv_share": sum(used) / len(used) / pool,
         "retracted_requests": counter(server.url, RETRACTED) - before[0],
         "retracted_output_tokens": counter(server.url, RETRACTED_TOKENS) - before[1],
+        "timeline": steps,  # (running requests, KV slots in use) per decode step
     }
+
+
+def plot(rows: list[dict], pool: int, path: Path) -> None:
+    """Running requests and KV in use over decode steps, one panel per trace kind, at the
+    largest N: how each mode spends the pool."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({r["trace"] for r in rows})
+    fig, axes = plt.subplots(2, len(kinds), figsize=(6 * len(kinds), 6), squeeze=False, sharex="col")
+    for col, kind in enumerate(kinds):
+        n = max(r["concurrency"] for r in rows if r["trace"] == kind)
+        for r in (r for r in rows if r["trace"] == kind and r["concurrency"] == n):
+            running = [a for a, _ in r["timeline"]]
+            share = [b / pool for _, b in r["timeline"]]
+            axes[0][col].plot(running, label=r["mode"], linewidth=0.8)
+            axes[1][col].plot(share, label=r["mode"], linewidth=0.8)
+        axes[0][col].set_title(f"{kind} traces, N={n}, pool {pool}")
+        axes[0][col].set_ylabel("running requests")
+        axes[1][col].set_ylabel("KV in use / pool")
+        axes[1][col].set_xlabel("decode step")
+        axes[0][col].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -190,8 +218,10 @@ def main() -> None:
     result = {"machine": machine(), "pools": args.pool, "shape": vars(shape), "rows": rows}
     args.out.write_text(json.dumps(result, indent=2))
     for pool in args.pool:
+        pool_rows = [r for r in rows if r["pool"] == pool]
+        plot(pool_rows, pool, args.out.with_name(f"{args.out.stem}-{pool}.png"))
         print(f"pool {pool} slots, shape {vars(shape)}")
-        print_table([r for r in rows if r["pool"] == pool])
+        print_table(pool_rows)
 
 
 if __name__ == "__main__":

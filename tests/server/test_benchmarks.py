@@ -58,9 +58,10 @@ def test_prefix_sharing_forks_reuse_the_memento_state(default_server, tokenizer)
     assert sharing.peak_used_tokens("Decode batch, #running-req: 3, #token: 57, token usage: 0.01") == 57
 
 
-def test_throughput_runs_the_same_work_in_every_mode(default_server, tokenizer):
+def test_throughput_runs_the_same_work_in_every_mode(default_server, tokenizer, tmp_path):
     throughput = _load("throughput")
     shape = throughput.kv_profile.TraceShape(blocks=2, block_tokens=6, memento_tokens=2, answer_tokens=2)
+    every = []
     for kind in ("sync", "staggered"):
         rows = [
             throughput.run(default_server, tokenizer, shape, 2, kind, mode, 20000, stagger=0.1)
@@ -71,6 +72,9 @@ def test_throughput_runs_the_same_work_in_every_mode(default_server, tokenizer):
         for row in rows:
             assert row["tokens_per_s"] > 0 and row["retracted_requests"] == 0
             assert row["peak_kv_share"] < 1  # decode-log lines are sparse on this server
+        every += rows
+    throughput.plot(every, 20000, tmp_path / "throughput.png")
+    assert (tmp_path / "throughput.png").stat().st_size > 10_000
 
 
 def test_masked_prefill_builds_closed_blocks_and_times_both_modes(plain_server, tokenizer, token_ids):
