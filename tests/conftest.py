@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from support.oracle import MementoReference
@@ -19,6 +20,7 @@ SERVER_MEMENTO_OFF = json.dumps({"mask_delimiters": False})  # requests opt in
 PRESSURE_POOL_TOKENS = 300
 POOL = pytest.StashKey["ServerPool | None"]()
 START_SECONDS = pytest.StashKey[dict]()
+USES_LEFT = pytest.StashKey[Counter]()
 
 SERVERS = [
     # SGLang defaults (overlap scheduler on, radix cache on), our launcher, Memento on, metrics.
@@ -93,8 +95,15 @@ def servers_needed(item: pytest.Item) -> list[str]:
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Tests without servers run first, while the servers they do not need start."""
-    items.sort(key=lambda item: item.get_closest_marker("server") is not None)
+    """Tests without servers run first, while the servers start in the background; tests
+    that start their own engines run last, once the shared servers are retired."""
+
+    def phase(item: pytest.Item) -> int:
+        if item.get_closest_marker("server") is None:
+            return 0
+        return 1 if servers_needed(item) else 2
+
+    items.sort(key=phase)
 
 
 def pytest_collection_finish(session):
@@ -103,7 +112,22 @@ def pytest_collection_finish(session):
     if planned and not session.config.option.collectonly:
         pool = session.config.stash[POOL] = ServerPool(SERVERS, tiny_model_path())
         session.config.stash[START_SECONDS] = pool.start_seconds
+        uses = Counter(name for item in session.items for name in set(servers_needed(item)))
+        session.config.stash[USES_LEFT] = uses
         pool.plan(planned)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """A server no later test needs is checked and stopped at once (memory)."""
+    uses_left = item.config.stash.get(USES_LEFT, None)
+    pool = item.config.stash.get(POOL, None)
+    if uses_left is None or pool is None:
+        return
+    for name in set(servers_needed(item)):
+        uses_left[name] -= 1
+        if uses_left[name] == 0:
+            pool.retire(name)
 
 
 def pytest_unconfigure(config):

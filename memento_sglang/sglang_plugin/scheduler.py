@@ -271,7 +271,9 @@ def compact_running_batch(batch: Any) -> int:
     removed: list[tuple[int, int]] = []
     for i, req in enumerate(batch.reqs):
         seq = synced(req)
-        if seq is None or not seq.has_due():
+        # restart_mode: a memento that just closed is recomputed by a re-prefill first
+        # (retract_for_restart, which runs right after this before a decode step)
+        if seq is None or not seq.has_due() or seq.needs_restart():
             continue
         due = seq.take_due(req.kv.kv_allocated_len + seq.position_offset)
         if due:
