@@ -42,7 +42,6 @@ _TRITON_ATTN = "sglang.srt.layers.attention.triton_backend.TritonAttnBackend"
 _COMMON = "sglang.srt.mem_cache.common"
 _CHAT = "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat"
 _INTERPRETER = "sglang.lang.interpreter.StreamExecutor"
-RETRACTING = "_memento_retracting"  # attribute on Req while SGLang releases it for a retraction
 _BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend")
 _CACHE_FIELDS = ("radix_cache_backend", "disable_radix_cache", "enable_hierarchical_cache")
 
@@ -219,22 +218,12 @@ def physical_fill_ids(original, self, *args, **kwargs):
 
 
 def compact_before_release(req, tree_cache, *args, checkpoint=False, **kwargs):
-    """A row reaches the Memento tree with its closed blocks compacted; a retracted
-    Memento row goes there too (see `retract_into_tree`)."""
-    keep = not checkpoint and getattr(req, RETRACTING, False)
+    """A row reaches the Memento tree with its closed blocks compacted. SGLang releases a
+    retracted row without caching it; a Memento row retracted to make room goes into the
+    tree too, so its re-admission reuses its mementos (`keeps_work_on_retraction`)."""
+    keep = not checkpoint and scheduler.keeps_work_on_retraction(req, tree_cache)
     scheduler.compact_before_release(req, tree_cache, checkpoint=checkpoint or keep)
     return ((req, tree_cache, *args), {**kwargs, "checkpoint": True}) if keep else None
-
-
-def retract_into_tree(original, *args, req, tree_cache, **kwargs):
-    """SGLang releases a retracted row without caching it; a Memento row keeps its work."""
-    if not scheduler.keeps_work_on_retraction(req, tree_cache):
-        return original(*args, req=req, tree_cache=tree_cache, **kwargs)
-    setattr(req, RETRACTING, True)
-    try:
-        return original(*args, req=req, tree_cache=tree_cache, **kwargs)
-    finally:
-        setattr(req, RETRACTING, False)
 
 
 def cap_cached_prefix(max_prefix_len, self, *args, **kwargs):
@@ -335,7 +324,6 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_REQ}._compute_max_prefix_len", cap_cached_prefix, H.AFTER),
     HookSpec(f"{_REQ}.refresh_fill_ids", physical_fill_ids, H.AROUND),
     HookSpec(f"{_COMMON}.release_kv_cache", compact_before_release, H.BEFORE),
-    HookSpec("sglang.srt.managers.schedule_batch.release_req", retract_into_tree, H.AROUND),
     HookSpec(f"{_TORCH_ATTN}.forward_extend", attention.with_batch_plans, H.AROUND),
     HookSpec(f"{_TORCH_ATTN}._run_sdpa_forward_extend", attention.masked_sdpa_extend, H.AROUND),
     HookSpec(
