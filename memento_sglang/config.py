@@ -27,6 +27,10 @@ class MementoConfigError(ValueError):
 TokenRef = str | int
 
 
+#: options that shape the whole server's batches, so a request cannot override them
+SERVER_WIDE_OPTIONS = frozenset({"prefill_mask_budget"})
+
+
 class MementoConfig(BaseModel):
     """Options of a Memento run, with the reference (vLLM overlay) semantics.
 
@@ -50,6 +54,9 @@ class MementoConfig(BaseModel):
     #: admission reserves what the request can still hold live (mementos + open block),
     #: learned from blocks closed on the server, instead of its whole max_new_tokens
     admission_estimate: bool = True
+    #: server-wide: the most (query, key) mask entries one masked prefill batch may build;
+    #: longer masked prompts are prefilled in smaller chunks (int32 kernel offsets, memory)
+    prefill_mask_budget: int = Field(default=1 << 28, ge=1, le=(1 << 31) - 1)
     debug: bool = False
 
     block_start_token: TokenRef = "<|block_start|>"
@@ -106,6 +113,10 @@ class MementoConfig(BaseModel):
         if not isinstance(overrides, Mapping):
             raise MementoConfigError(
                 f"custom_params[{CUSTOM_PARAMS_KEY!r}] must be an object, got {type(overrides).__name__}"
+            )
+        if server_wide := sorted(SERVER_WIDE_OPTIONS & overrides.keys()):
+            raise MementoConfigError(
+                f"{', '.join(server_wide)} is server-wide: set it in --memento-config, not per request"
             )
         return MementoConfig.parse({**self.model_dump(exclude_unset=True), **overrides})
 

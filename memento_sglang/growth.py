@@ -38,10 +38,17 @@ class CycleBounds:
 @dataclass(frozen=True, slots=True)
 class Growth:
     """A request's future KV growth: `total` tokens, of which `open` belong to cycles
-    already under way (they will be written unless the request stops)."""
+    already under way (they will be written unless the request stops); after those,
+    the row grows by at most `rate` tokens per token written (the kept share)."""
 
     open: int
     total: int
+    rate: float = 1.0
+
+    def after(self, tokens: int) -> float:
+        """The most the row can have grown after `tokens` more tokens."""
+        grown = min(tokens, self.open) + self.rate * max(0, tokens - self.open)
+        return min(float(self.total), grown)
 
 
 class CycleStats:
@@ -121,11 +128,76 @@ def memento_growth(remaining: int, open_cycle_tokens: int, keep_last_n_blocks: i
     bound is given room up to the longest cycle seen.
     """
     if remaining <= 0:
-        return Growth(0, 0)
+        return Growth(0, 0, bounds.kept_share)
     cycle = bounds.cycle_tokens
     if open_cycle_tokens >= cycle:
         cycle = max(cycle, bounds.longest_cycle)
     open_part = max(0, cycle - open_cycle_tokens)
     open_part = min(remaining, open_part + max(0, keep_last_n_blocks) * bounds.cycle_tokens)
     total = open_part + math.ceil(bounds.kept_share * (remaining - open_part))
-    return Growth(open_part, min(remaining, total))
+    return Growth(open_part, min(remaining, total), bounds.kept_share)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningRow:
+    """A running request as admission sees it: the slots it frees when it finishes
+    (`own`: its row minus what the tree shares), its growth bound, and the tokens it may
+    still write (`remaining`: it finishes after at most that many decode steps)."""
+
+    own: int
+    growth: Growth
+    remaining: int
+
+
+def pooled_growth(rows: list[RunningRow]) -> int:
+    """The most KV that `rows` together can add at any future decode step.
+
+    Every running request writes one token per decode step, so after `s` steps row
+    `i` has grown by at most `growth.after(s)` while it runs, and after its
+    `remaining` steps it has finished and freed `own` plus all it grew. Summing each
+    row's own bound (what SGLang does) assumes every row peaks at once; requests at
+    different stages do not, and those that finish first free room for the rest.
+    The maximum of the sum is reached just before a row finishes (between those
+    moments it only grows), so it is evaluated there: a sweep over finishing steps
+    with running sums of the rows' linear pieces, O(n log n).
+    """
+    # Over steps s, the rows' summed growth is a sum of linear pieces; keep it as
+    # intercept + slope * s and apply each row's piece changes in step order.
+    changes: list[tuple[float, bool, float, float]] = []  # (step, finishes, d_intercept, d_slope)
+    for row in rows:
+        changes.extend(_piece_changes(row))
+    changes.sort(key=lambda c: (c[0], c[1]))
+    intercept, slope, peak = 0.0, float(len(rows)), 0.0
+    for k, (step, finishes, d_intercept, d_slope) in enumerate(changes):
+        if finishes and (k == 0 or changes[k - 1][:2] != (step, True)):
+            peak = max(peak, intercept + slope * step)  # the sum just before rows finish here
+        intercept += d_intercept
+        slope += d_slope
+    return math.ceil(peak - 1e-6)
+
+
+def _piece_changes(row: RunningRow) -> list[tuple[float, bool, float, float]]:
+    """`row`'s growth as changes of (intercept, slope) from the start's (0, 1): at
+    `open` the slope becomes `rate`, where it reaches `total` it stays, and when it
+    finishes it has freed `own` plus everything it grew."""
+    g = row.growth
+    end = float(row.remaining)
+    total = float(min(g.total, row.remaining))
+    changes: list[tuple[float, bool, float, float]] = []
+    intercept, slope = 0.0, 1.0
+
+    def becomes(step: float, new_intercept: float, new_slope: float, finishes: bool = False) -> None:
+        nonlocal intercept, slope
+        changes.append((step, finishes, new_intercept - intercept, new_slope - slope))
+        intercept, slope = new_intercept, new_slope
+
+    if total <= g.open:
+        cap_at = total
+    else:
+        if g.open < end:
+            becomes(float(g.open), g.open * (1.0 - g.rate), g.rate)
+        cap_at = g.open + (total - g.open) / g.rate if g.rate > 0 else math.inf
+    if cap_at < end:
+        becomes(cap_at, total, 0.0)
+    becomes(end, -float(row.own), 0.0, finishes=True)
+    return changes

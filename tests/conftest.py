@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 import pytest
+from support.client import CHUNKED_MASK_BUDGET
 from support.oracle import MementoReference
 from support.server import ServerPool, ServerSpec
 
@@ -15,6 +16,9 @@ from memento_sglang.models.tiny import SPECIAL_TOKENS, tiny_model_path
 
 SERVER_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False})
 SMOLLM2_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False, **SMOLLM2_MEMENTO_CONFIG})
+CHUNKED_MEMENTO_ON = json.dumps(
+    {"enable": True, "mask_delimiters": False, "prefill_mask_budget": CHUNKED_MASK_BUDGET}
+)
 SERVER_MEMENTO_OFF = json.dumps({"mask_delimiters": False})  # requests opt in
 
 PRESSURE_POOL_TOKENS = 300
@@ -31,8 +35,9 @@ SERVERS = [
         ("--memento-config", SERVER_MEMENTO_OFF, "--disable-overlap-schedule", "--disable-radix-cache"),
         launcher="sglang",
     ),
-    # Small prefill chunks: a prompt's closed blocks span several chunks.
-    ServerSpec("chunked", ("--memento-config", SERVER_MEMENTO_ON, "--chunked-prefill-size", "16")),
+    # Small prefill chunks: a prompt's closed blocks span several chunks, and a tight mask
+    # budget cuts masked chunks smaller still as the prefix grows.
+    ServerSpec("chunked", ("--memento-config", CHUNKED_MEMENTO_ON, "--chunked-prefill-size", "16")),
     # SGLang's own retraction test mode: every third decode step retracts a request,
     # which comes back through a (masked) re-prefill and re-compaction.
     ServerSpec("retract", ("--memento-config", SERVER_MEMENTO_ON), env=(("SGLANG_TEST_RETRACT", "1"),)),
@@ -78,6 +83,7 @@ def reference(model_path, tokenizer):
 SERVER_FIXTURES = {
     "default_server": "default",
     "plain_server": "no_overlap_no_radix",
+    "chunked_server": "chunked",
     "retract_server": "retract",
     "pressure_server": "pressure",
     "llguidance_server": "llguidance",
@@ -180,6 +186,11 @@ def masked_server(request, server_pool):
 @pytest.fixture(params=["default", "chunked"])
 def radix_server(request, server_pool):
     return server_pool.get(request.param)
+
+
+@pytest.fixture(scope="session")
+def chunked_server(server_pool):
+    return server_pool.get("chunked")
 
 
 @pytest.fixture(scope="session")

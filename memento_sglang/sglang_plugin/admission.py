@@ -13,7 +13,9 @@ where SGLang estimates a request's future growth gets the same Memento estimate
 - running requests: `running_reservation` replaces SGLang's offset with the same
   estimate, undiscounted: it is a bound, not SGLang's early-stop bet (the
   new-token ratio and its back-off after a retraction still govern every request
-  the estimate does not cover).
+  the estimate does not cover); and the batch's Memento rows are then reserved
+  together (`pooled_correction`): the most they hold at once, not the sum of each
+  one's most, since rows that finish first free their slots for the others.
 
 Where the estimate does not apply (no Memento, nothing learned yet, eviction off,
 restart_mode, after `</think>`) SGLang's own figure stands, and the Memento figure is
@@ -23,13 +25,14 @@ behind `current()`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sglang.srt.managers import schedule_policy
+from sglang.srt.mem_cache.radix_cache import TreeNode
 
-from memento_sglang.growth import CycleStats, Growth
+from memento_sglang.growth import CycleStats, Growth, RunningRow, pooled_growth
 from memento_sglang.sequence import MementoSequence
 
 
@@ -53,12 +56,43 @@ class AdmissionEstimator:
         if growth is None:
             return None
         stock = min(remaining, _STOCK_CLIP)
-        return Growth(min(growth.open, stock), min(growth.total, stock))
+        return Growth(min(growth.open, stock), min(growth.total, stock), growth.rate)
+
+    def pooled_correction(self, reqs: list[Any], synced: Callable[[Any], MementoSequence | None]) -> float:
+        """How much less the running batch needs than the sum of its rows' bounds.
+
+        SGLang sums one reservation per running request; Memento rows covered by the
+        estimate are reserved together instead (`pooled_growth`): rows that finish
+        first free their slots before the others reach their peak.
+        """
+        rows = []
+        for req in reqs:
+            growth = self.growth(req, synced(req))
+            if growth is not None:
+                remaining = max(req.sampling_params.max_new_tokens - len(req.output_ids), 0)
+                rows.append(RunningRow(own=_freed_at_finish(req), growth=growth, remaining=remaining))
+        if len(rows) < 2:
+            return 0.0
+        return pooled_growth(rows) - sum(row.growth.total for row in rows)
 
     def on_retraction(self, seq: MementoSequence | None) -> None:
         """SGLang retracted a request admitted on the Memento estimate: back off."""
         if seq is not None and seq.stats().admission_growth_bound is not None:
             self.cycles.back_off()
+
+
+def _freed_at_finish(req: Any) -> int:
+    """Slots that are free or evictable once the request finishes: the part of its row
+    outside the tree, and the tree nodes no other request holds (lock count 1)."""
+    if not req.kv.holds_kv:
+        return 0
+    own = max(0, req.kv.kv_allocated_len - req.kv.cache_protected_len)
+    lock = getattr(req, "lock", None)
+    node = getattr(lock, "node", None)
+    while isinstance(node, TreeNode) and node.parent is not None and node.lock_ref == 1:
+        own += len(node.key)
+        node = node.parent
+    return own
 
 
 _estimator: AdmissionEstimator | None = None
@@ -115,6 +149,10 @@ def stock_clip() -> Iterator[None]:
         yield
     finally:
         schedule_policy.CLIP_MAX_NEW_TOKENS = scoped
+
+
+def pooled_correction(reqs: list[Any], synced: Callable[[Any], MementoSequence | None]) -> float:
+    return 0.0 if _estimator is None else _estimator.pooled_correction(reqs, synced)
 
 
 def running_reservation(stock: float, req: Any, seq: MementoSequence | None) -> float:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sglang.srt.environ import envs
+from sglang.srt.managers.schedule_policy import AddReqResult
 from sglang.srt.plugins.hook_registry import HookType
 
 from memento_sglang.config import MementoConfigError
@@ -21,6 +22,7 @@ from memento_sglang.sglang_plugin import (
     chat,
     gpu_attention,
     grammar,
+    mask_budget,
     metrics,
     scheduler,
     settings,
@@ -147,6 +149,7 @@ def install_in_scheduler(result, self, server_args, *args, **kwargs):
     settings.check_prefill_masking(self.memento_resolver.server_spec, self.memento_masked_prefill)
     metrics.install(self)
     admission.install()
+    mask_budget.install(self.memento_resolver.server_config.prefill_mask_budget)
 
 
 def stream_memento_stats(result, self, *args, **kwargs):
@@ -174,9 +177,24 @@ def compact_before_admission(self, running_batch, *args, **kwargs):
 
 
 def admit_with_memento_estimate(original, self, req, *args, **kwargs):
-    """New requests and last chunks: SGLang's estimate of `req`'s growth is Memento's."""
+    """A new request: SGLang's estimate of its growth is Memento's, and a masked batch's
+    chunks are cut so that the batch's mask fits `prefill_mask_budget`."""
+    return _admit(original, self, req, AddReqResult.OTHER, *args, **kwargs)
+
+
+def admit_chunk_with_memento_estimate(original, self, req, *args, **kwargs):
+    """A chunked prompt's next chunk: the same, and `req` stays the chunked request when
+    the batch's mask has no room left."""
+    return _admit(original, self, req, req, *args, **kwargs)
+
+
+def _admit(original, self, req, when_mask_full, *args, **kwargs):
     seq = scheduler.synced(req)
-    with admission.estimate_scope(req, seq) as growth:
+    needs_mask = seq is not None and seq.masked_prefill and seq.has_due()
+    limit = mask_budget.chunk_limit(self, req, needs_mask)
+    if limit == 0:  # the batch's mask is full: the request waits for the next batch
+        return when_mask_full
+    with admission.estimate_scope(req, seq) as growth, mask_budget.chunk_scope(self, req, limit, needs_mask):
         result = original(self, req, *args, **kwargs)
     if seq is not None and req in self.can_run_list:
         seq.note_admission(None if growth is None else growth.total)
@@ -194,6 +212,13 @@ def reserve_for_running_request(original, self, req, *args, **kwargs):
     with admission.stock_clip():
         stock = original(self, req, *args, **kwargs)
     return admission.running_reservation(stock, req, scheduler.synced(req))
+
+
+def reserve_for_running_batch(result, self, *args, **kwargs):
+    """The running batch's Memento rows reserved together: the most they hold at once."""
+    if self.running_batch is not None:
+        correction = admission.pooled_correction(self.running_batch.reqs, scheduler.synced)
+        self.memory_budget.total_offset += correction
 
 
 def retract_for_memory(original, self, *args, **kwargs):
@@ -315,10 +340,11 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_SCHED}.update_running_batch", restart_then_compact, H.BEFORE),
     HookSpec(f"{_SCHED}.get_new_batch_prefill", compact_before_admission, H.BEFORE),
     HookSpec(f"{_ADDER}.add_one_req", admit_with_memento_estimate, H.AROUND),
-    HookSpec(f"{_ADDER}.add_chunked_req", admit_with_memento_estimate, H.AROUND),
+    HookSpec(f"{_ADDER}.add_chunked_req", admit_chunk_with_memento_estimate, H.AROUND),
     HookSpec(f"{_ADDER}.preempt_to_schedule", preempt_with_memento_estimate, H.AROUND),
     HookSpec(f"{_BATCH}.retract_decode", retract_for_memory, H.AROUND),
     HookSpec(f"{_ADDER}._get_running_request_total_token_offset", reserve_for_running_request, H.AROUND),
+    HookSpec(f"{_ADDER}.__init__", reserve_for_running_batch, H.AFTER),
     HookSpec(f"{_BATCH}.prepare_for_decode", compact_before_decode, H.BEFORE),
     HookSpec(f"{_FWD}.init_new", logical_positions_and_masks, H.AFTER),
     HookSpec(f"{_REQ}._compute_max_prefix_len", cap_cached_prefix, H.AFTER),

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from memento_sglang.config import MementoConfigError
+from memento_sglang.kernels.extend_masks import mask_entries
 from memento_sglang.kernels.row_compaction import shift_row_left
 from memento_sglang.masks import extend_segments
 from memento_sglang.sequence import MementoSequence
@@ -351,7 +352,16 @@ def _compact_row(
 def prepare_forward(forward_batch: Any, batch: Any) -> None:
     """Logical RoPE positions, prefill masks, and the rows whose block budget applies."""
     is_decode = forward_batch.forward_mode.is_decode()
-    stage_plans({} if is_decode else _extend_plans(batch))
+    plans = {} if is_decode else _extend_plans(batch)
+    if plans:
+        entries = sum(map(mask_entries, batch.prefix_lens, batch.extend_lens))
+        logger.info(
+            "[memento] masked prefill: %d of %d requests, %d mask entries",
+            len(plans),
+            len(batch.reqs),
+            entries,
+        )
+    stage_plans(plans)
     if not is_decode:
         report_prefix_reuse(batch)
     _offset_positions(forward_batch, batch)

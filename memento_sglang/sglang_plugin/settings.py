@@ -118,6 +118,8 @@ def unsupported_reason(server_args: Any, model_config: Any = None) -> str | None
         return "speculative decoding is not supported with Memento yet"
     if getattr(server_args, "disaggregation_mode", "null") not in ("null", None):
         return "prefill/decode disaggregation is not supported with Memento yet"
+    if reason := _untested_mode(server_args):
+        return reason
     if getattr(server_args, "enable_hisparse", False):
         return "HiSparse (--enable-hisparse) moves KV rows that compaction rewrites"
     if prefill_graph_backend(server_args) == "full":
@@ -131,6 +133,21 @@ def unsupported_reason(server_args: Any, model_config: Any = None) -> str | None
             "rewrites rows the batch in flight reads; add --disable-overlap-schedule"
         )
     return model_unsupported_reason(model_config) if model_config is not None else None
+
+
+def _untested_mode(server_args: Any) -> str | None:
+    """Server modes whose interaction with compaction no test covers yet: refused by name."""
+    parallel = {name: getattr(server_args, name, 1) or 1 for name in ("tp_size", "pp_size", "dp_size")}
+    if any(size > 1 for size in parallel.values()):
+        flags = ", ".join(f"--{name.replace('_', '-')} {size}" for name, size in parallel.items() if size > 1)
+        return f"{flags}: Memento runs one scheduler per server for now; run one server per GPU"
+    if getattr(server_args, "enable_lora", False) or getattr(server_args, "lora_paths", None):
+        return "LoRA adapters (--enable-lora, --lora-paths) key the prefix cache by adapter"
+    if getattr(server_args, "enable_hierarchical_cache", False):
+        return "HiCache (--enable-hierarchical-cache) copies KV rows to host memory that compaction rewrites"
+    if getattr(server_args, "enable_mixed_chunk", False):
+        return "--enable-mixed-chunk runs decode rows inside prefill batches, where rows are not compacted"
+    return None
 
 
 def model_unsupported_reason(model_config: Any) -> str | None:

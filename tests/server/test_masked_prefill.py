@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from support.client import (
+    CHUNKED_MASK_BUDGET,
     SERVER_DEFAULT,
     assert_matches_reference,
     chat_prompt,
@@ -36,6 +37,22 @@ def test_prompt_with_closed_blocks(masked_server, reference, tokenizer, token_id
     assert stats["blocks_evicted"] == max(0, n_closed + 2 - keep)
     if n_closed and keep == 0:  # the prompt's own blocks left the KV too
         assert stats["tokens_evicted"] > 5 + 6 * (n_closed - 1)
+
+
+def test_masked_chunks_fit_the_mask_budget(chunked_server, reference, tokenizer, token_ids):
+    """The `chunked` server's `prefill_mask_budget` (600 entries) cuts a long masked prompt
+    into chunks whose mask fits, smaller than its 16-token chunks as the prefix grows; the
+    output stays exact."""
+    log_start = len(chunked_server.log_text())
+    prompt = prompt_with_closed_blocks(tokenizer, token_ids, 5)
+    run_and_check(
+        chunked_server, reference, token_ids, prompt, [(6, 2)], {}, prompt_blocks=5, in_think=True
+    )  # fmt: skip
+    log = chunked_server.log_text()[log_start:]
+    entries = [int(e) for e in re.findall(r"\[memento\] masked prefill: .*?, (\d+) mask entries", log)]
+    assert entries and max(entries) <= CHUNKED_MASK_BUDGET
+    new_tokens = [int(n) for n in re.findall(r"Prefill batch, #new-seq: 1, #new-token: (\d+)", log)]
+    assert len(prompt) > 100 and min(new_tokens) < 16, new_tokens
 
 
 @pytest.mark.parametrize("n_closed", [0, 2])

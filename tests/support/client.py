@@ -100,6 +100,8 @@ def expected_stats(token_ids, prompt_ids, output_ids, rule) -> dict:
 
 
 SERVER_DEFAULT = {"keep_last_n_blocks": 0, "mask_delimiters": False}
+#: the `chunked` test server's `prefill_mask_budget`: tight enough to cut its 16-token chunks
+CHUNKED_MASK_BUDGET = 600
 
 
 def opt_in(memento: dict | None) -> dict:

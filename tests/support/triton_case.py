@@ -8,10 +8,11 @@ CUDA directly by the GPU tests.
 from __future__ import annotations
 
 import torch
+from support.synthetic import evictions
 
-from memento_sglang.kernels.extend_masks import flat_extend_masks
+from memento_sglang.kernels.extend_masks import flat_extend_masks, largest_chunk
 from memento_sglang.kernels.segmented_attention import dense_reference
-from memento_sglang.masks import ExtendSegment
+from memento_sglang.masks import ExtendSegment, extend_segments
 
 # request 0: 6 cached prefix tokens with a block at [1, 4) that rows 3.. of the 10 new
 # tokens must not see, and a second block [7, 9) hidden from row 8 on;
@@ -56,5 +57,50 @@ def max_error(device: str = "cpu", *, mask_prefix: bool = True, heads: int = 4, 
     return worst
 
 
+# a 40-token prompt with two closed blocks: [3, 12) hidden after 13, [16, 30) after 31
+LONG_PROMPT, LONG_EVICTIONS = 40, [(3, 12, 13), (16, 30, 31)]
+
+
+def chunked_max_error(budget: int, device: str = "cpu", heads: int = 4, kv_heads: int = 2,
+                      dim: int = 16) -> tuple[float, list[int], int]:  # fmt: skip
+    """The long prompt prefilled in chunks cut by the mask budget, each through SGLang's
+    Triton kernel with its flat mask, against masked SDPA over the whole prompt.
+
+    Returns the worst error, the chunk sizes, and the largest flat mask built.
+    """
+    from sglang.kernels.ops.attention.extend_attention import extend_attention_fwd
+
+    gen = torch.Generator().manual_seed(1)
+    spans = evictions(LONG_EVICTIONS)
+    n = LONG_PROMPT
+    k_buffer = torch.randn(n, kv_heads, dim, generator=gen).to(device)
+    v_buffer = torch.randn(n, kv_heads, dim, generator=gen).to(device)
+    q = torch.randn(n, heads, dim, generator=gen).to(device)
+    out = torch.empty_like(q)
+    chunks, largest_mask, prefix = [], 0, 0
+    while prefix < n:
+        extend = min(n - prefix, max(1, largest_chunk(prefix, budget)))
+        plan = extend_segments(spans, offset=0, prefix_len=prefix, extend_len=extend)
+        mask, mask_indptr = flat_extend_masks([plan], [prefix], [extend], device=device)
+        largest_mask = max(largest_mask, mask.numel())
+        rows = slice(prefix, prefix + extend)
+        qo_indptr = torch.tensor([0, extend], dtype=torch.int32, device=device)
+        kv_indptr = torch.tensor([0, prefix], dtype=torch.int32, device=device)
+        kv_indices = torch.arange(prefix, dtype=torch.int64, device=device)
+        extend_attention_fwd(
+            q[rows], k_buffer[rows], v_buffer[rows], out[rows], k_buffer, v_buffer, qo_indptr,
+            kv_indptr, kv_indices, mask, True, mask_indptr, extend, 1.0, 1.0, sm_scale=None,
+            skip_prefix_custom_mask=False,
+        )  # fmt: skip
+        chunks.append(extend)
+        prefix += extend
+    whole = extend_segments(spans, offset=0, prefix_len=0, extend_len=n)
+    ki, vi = k_buffer.movedim(0, 1).cpu(), v_buffer.movedim(0, 1).cpu()
+    want = dense_reference(q.movedim(0, 1).cpu(), ki, vi, whole, prefix_len=0)
+    return (want - out.movedim(0, 1).cpu()).abs().max().item(), chunks, largest_mask
+
+
 if __name__ == "__main__":
     print(f"max_abs_err={max_error():.3e} without_prefix_mask={max_error(mask_prefix=False):.3e}")
+    err, chunks, largest = chunked_max_error(budget=200)
+    print(f"chunked_err={err:.3e} chunks={','.join(map(str, chunks))} largest_mask={largest}")

@@ -34,6 +34,8 @@ def test_defaults_follow_the_reference():
         ),
         ('{"restart_mode": true, "keep_last_n_blocks": 1}', "restart_mode"),
         ('{"restart_mode": true, "keep_last_block_for_answer": true}', "restart_mode"),
+        ('{"prefill_mask_budget": 0}', "prefill_mask_budget"),
+        ('{"prefill_mask_budget": 2147483648}', "prefill_mask_budget"),
     ],
 )
 def test_invalid_configs_name_the_problem(raw, fragment):
@@ -49,6 +51,13 @@ def test_overrides_validate_the_merged_config():
     off = MementoConfig()
     with pytest.raises(MementoConfigError, match="mask_delimiters"):
         off.with_overrides({"enable": True})
+
+
+def test_the_mask_budget_is_server_wide():
+    server = MementoConfig.parse({"enable": True, "mask_delimiters": False, "prefill_mask_budget": 4096})
+    assert server.prefill_mask_budget == 4096 and MementoConfig().prefill_mask_budget == 1 << 28
+    with pytest.raises(MementoConfigError, match="prefill_mask_budget is server-wide"):
+        server.with_overrides({"prefill_mask_budget": (1 << 31) - 1})
 
 
 def test_resolution_requires_every_token():

@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.synthetic import eviction_rows
 
-from memento_sglang.kernels.extend_masks import flat_extend_masks
+from memento_sglang.kernels.extend_masks import flat_extend_masks, largest_chunk, mask_entries
 from memento_sglang.masks import extend_visibility
 
 
@@ -51,3 +52,21 @@ def test_triton_extend_kernel_with_memento_mask_under_interpreter():
     found = re.search(r"max_abs_err=(\S+) without_prefix_mask=(\S+)", done.stdout)
     assert float(found.group(1)) < 1e-5
     assert float(found.group(2)) > 1e-2
+    # A long masked prompt in chunks cut by a 200-entry mask budget: every chunk's flat
+    # mask fits, the chunks shrink as the prefix grows, and the result is the whole prefill's.
+    found = re.search(r"chunked_err=(\S+) chunks=(\S+) largest_mask=(\d+)", done.stdout)
+    chunks = [int(c) for c in found.group(2).split(",")]
+    assert float(found.group(1)) < 1e-5
+    assert sum(chunks) == 40 and len(chunks) > 3 and chunks[0] > chunks[-1]
+    assert int(found.group(3)) <= 200
+
+
+@given(prefix=st.integers(0, 1 << 20), entries=st.integers(1, (1 << 31) - 1))
+def test_largest_chunk_is_the_most_that_fits(prefix, entries):
+    chunk = largest_chunk(prefix, entries)
+    assert mask_entries(prefix, chunk) <= entries < mask_entries(prefix, chunk + 1)
+
+
+def test_a_batch_mask_past_int32_is_refused_before_it_is_built():
+    with pytest.raises(ValueError, match="int32"):
+        flat_extend_masks([None], [1 << 20], [1 << 11])

@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memento_sglang.growth import CycleBounds, CycleStats, memento_growth
+from memento_sglang.growth import CycleBounds, CycleStats, Growth, RunningRow, memento_growth, pooled_growth
 
 
 @st.composite
@@ -113,3 +113,47 @@ def test_a_cycle_longer_than_the_typical_bound_still_gets_room():
     assert memento_growth(100, 4, 0, bounds).open == 6
     assert memento_growth(100, 12, 0, bounds).open == 18  # up to the longest seen
     assert memento_growth(100, 40, 0, bounds).open == 0
+
+
+@st.composite
+def running_rows(draw):
+    rows = []
+    for _ in range(draw(st.integers(0, 12))):
+        remaining = draw(st.integers(0, 400))
+        open_part = draw(st.integers(0, remaining))
+        rate = draw(st.sampled_from([0.0, 0.05, 0.15, 0.5, 1.0]))
+        full = open_part + math.ceil(rate * (remaining - open_part))
+        total = draw(st.integers(0, full))  # SGLang's clip can cut it
+        own = draw(st.integers(0, 300))
+        rows.append(RunningRow(own=own, growth=Growth(open_part, total, rate), remaining=remaining))
+    return rows
+
+
+def brute_force_peak(rows: list[RunningRow]) -> float:
+    """Step by step: running rows have grown by `after(s)`; finished ones freed `own`."""
+    horizon = max((r.remaining for r in rows), default=0)
+    best = 0.0
+    for s in range(horizon + 1):
+        held = sum(r.growth.after(s) for r in rows if s <= r.remaining)
+        freed = sum(r.own for r in rows if s > r.remaining)
+        best = max(best, held - freed)
+    return best
+
+
+@settings(max_examples=400, deadline=None)
+@given(running_rows())
+def test_pooled_growth_is_the_peak_of_the_summed_paths(rows):
+    pooled = pooled_growth(rows)
+    assert pooled == math.ceil(brute_force_peak(rows) - 1e-6)
+    assert pooled <= sum(r.growth.total for r in rows)  # never above summing each bound
+
+
+def test_rows_that_finish_first_make_room_for_the_rest():
+    early = RunningRow(own=100, growth=Growth(10, 20, 0.1), remaining=50)
+    late = RunningRow(own=100, growth=Growth(10, 40, 0.1), remaining=310)
+    # Both have grown 14 at step 50, when `early` finishes and frees 100 + 14 before
+    # `late` reaches its 40: together they never need more than 28 + nothing.
+    assert pooled_growth([early, late]) == 28
+    assert sum(r.growth.total for r in (early, late)) == 60  # SGLang-style sum of bounds
+    assert pooled_growth([late]) == 40
+    assert pooled_growth([]) == 0

@@ -31,6 +31,22 @@ def test_the_cpu_server_shape_is_supported():
     assert settings.unsupported_reason(server_args()) is None
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        ({"tp_size": 2}, "--tp-size 2"),
+        ({"dp_size": 4, "pp_size": 2}, "--pp-size 2, --dp-size 4"),
+        ({"enable_lora": True}, "--enable-lora"),
+        ({"lora_paths": ["adapter=/tmp/a"]}, "--lora-paths"),
+        ({"enable_hierarchical_cache": True}, "--enable-hierarchical-cache"),
+        ({"enable_mixed_chunk": True}, "--enable-mixed-chunk"),
+    ],
+)
+def test_untested_modes_are_refused_by_flag(flags, named):
+    assert named in settings.unsupported_reason(server_args(**flags))
+    assert settings.unsupported_reason(server_args(tp_size=1, dp_size=1, lora_paths=None)) is None
+
+
 def test_full_prefill_graphs_are_refused():
     args = server_args(cuda_graph_config={"prefill": {"backend": "full"}})
     assert "--cuda-graph-backend-prefill full" in settings.unsupported_reason(args)

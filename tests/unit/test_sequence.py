@@ -90,7 +90,7 @@ def test_cycles_and_growth_inputs_follow_the_structure():
     assert seq.tracker.open_cycle_tokens == 3
     bounds = CycleBounds(cycle_tokens=10, kept_share=0.5)
     growth = seq.future_growth(100, bounds)
-    assert growth == Growth(open=7, total=7 + 47)
+    assert growth == Growth(open=7, total=7 + 47, rate=0.5)
     seq.on_output_tokens(tokens("( s ) T"))
     assert seq.tracker.answering and seq.future_growth(100, bounds) is None  # the answer stays
 

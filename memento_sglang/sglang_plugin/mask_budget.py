@@ -1,0 +1,67 @@
+"""Masked prefill batches bounded by the size of their mask.
+
+A masked prefill builds one boolean entry per (query, key) pair of the batch:
+`extend * (prefix + extend)` per request (`kernels.extend_masks`). FlashInfer's mask
+indptr and Triton's mask offsets are int32, and the mask lives outside SGLang's memory
+planning, so a long prompt's late chunk (a few thousand queries against 100k+ keys)
+could overflow or take gigabytes. `prefill_mask_budget` bounds the entries of one
+batch: once a batch holds a masked request, every request admitted into it is chunked
+so that its rows fit what is left of the budget (SGLang's `rem_chunk_tokens`, lowered
+for the call to `PrefillAdder.add_one_req` / `add_chunked_req`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from memento_sglang.kernels.extend_masks import largest_chunk, mask_entries
+
+_budget: int | None = None  # the server's `prefill_mask_budget`, once installed
+
+
+def install(budget: int) -> None:
+    global _budget
+    _budget = budget
+
+
+def budget() -> int | None:
+    return _budget
+
+
+_ENTRIES = "_memento_mask_entries"  # mask entries of the requests admitted into the batch
+_MASKED = "_memento_batch_masked"  # whether one of them needs a Memento mask
+
+
+def chunk_limit(adder: Any, req: Any, needs_mask: bool) -> int | None:
+    """How many new tokens `req` may prefill in `adder`'s batch; None: no Memento limit.
+
+    The limit applies once the batch holds a masked request (or `req` is one): requests
+    admitted before it count too, since a custom mask covers the whole batch. The
+    batch's first request always gets at least one token, so a prompt makes progress.
+    """
+    if _budget is None or not (needs_mask or getattr(adder, _MASKED, False)):
+        return None
+    limit = largest_chunk(req.prefix_len, _budget - getattr(adder, _ENTRIES, 0))
+    return max(limit, 1) if not adder.can_run_list else limit
+
+
+@contextmanager
+def chunk_scope(adder: Any, req: Any, limit: int | None, needs_mask: bool) -> Iterator[None]:
+    """Within the block, SGLang's chunk budget is at most `limit`; afterwards it is what it
+    was, less what the admitted chunk used, and the batch's mask entries are counted."""
+    stock = adder.rem_chunk_tokens
+    lowered = stock if limit is None else (limit if stock is None else min(stock, limit))
+    adder.rem_chunk_tokens = lowered
+    try:
+        yield
+    finally:
+        if lowered is not None:
+            used = lowered - adder.rem_chunk_tokens
+            adder.rem_chunk_tokens = None if stock is None else stock - used
+    if req in adder.can_run_list:
+        entries = getattr(adder, _ENTRIES, 0) + mask_entries(req.prefix_len, req.extend_len)
+        setattr(adder, _ENTRIES, entries)
+        if needs_mask:
+            setattr(adder, _MASKED, True)
