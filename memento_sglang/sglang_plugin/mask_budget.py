@@ -50,16 +50,21 @@ def chunk_limit(adder: Any, req: Any, needs_mask: bool) -> int | None:
 @contextmanager
 def chunk_scope(adder: Any, req: Any, limit: int | None, needs_mask: bool) -> Iterator[None]:
     """Within the block, SGLang's chunk budget is at most `limit`; afterwards it is what it
-    was, less what the admitted chunk used, and the batch's mask entries are counted."""
+    was less what the admitted chunk used, and the batch's mask entries are counted.
+
+    A request that used the whole limit may have been cut short by it: the batch then
+    takes no more prefill (SGLang carries one chunked request at a time, and a chunk
+    that filled SGLang's own budget would have closed the batch the same way).
+    """
     stock = adder.rem_chunk_tokens
     lowered = stock if limit is None else (limit if stock is None else min(stock, limit))
     adder.rem_chunk_tokens = lowered
     try:
         yield
     finally:
-        if lowered is not None:
-            used = lowered - adder.rem_chunk_tokens
-            adder.rem_chunk_tokens = None if stock is None else stock - used
+        if lowered is not None and lowered != stock:
+            left = adder.rem_chunk_tokens
+            adder.rem_chunk_tokens = 0 if left <= 0 else (None if stock is None else stock - (lowered - left))
     if req in adder.can_run_list:
         entries = getattr(adder, _ENTRIES, 0) + mask_entries(req.prefix_len, req.extend_len)
         setattr(adder, _ENTRIES, entries)

@@ -118,7 +118,7 @@ def unsupported_reason(server_args: Any, model_config: Any = None) -> str | None
         return "speculative decoding is not supported with Memento yet"
     if getattr(server_args, "disaggregation_mode", "null") not in ("null", None):
         return "prefill/decode disaggregation is not supported with Memento yet"
-    if reason := _untested_mode(server_args):
+    if reason := _untested_mode(server_args) or _prefix_cache_reason(server_args):
         return reason
     if getattr(server_args, "enable_hisparse", False):
         return "HiSparse (--enable-hisparse) moves KV rows that compaction rewrites"
@@ -148,6 +148,19 @@ def _untested_mode(server_args: Any) -> str | None:
     if getattr(server_args, "enable_mixed_chunk", False):
         return "--enable-mixed-chunk runs decode rows inside prefill batches, where rows are not compacted"
     return None
+
+
+def _prefix_cache_reason(server_args: Any) -> str | None:
+    """Memento rows are cached by the Memento radix cache, or not at all."""
+    from memento_sglang.sglang_plugin.radix_cache import BACKEND_NAME
+
+    backend = getattr(server_args, "radix_cache_backend", None)
+    if getattr(server_args, "disable_radix_cache", False) or backend == BACKEND_NAME:
+        return None
+    return (
+        f"the prefix cache is {backend or 'SGLang default radix tree'}; Memento needs "
+        f"--radix-cache-backend {BACKEND_NAME} (the default with --memento-config) or --disable-radix-cache"
+    )
 
 
 def model_unsupported_reason(model_config: Any) -> str | None:

@@ -44,7 +44,7 @@ def test_masked_chunks_fit_the_mask_budget(chunked_server, reference, tokenizer,
     into chunks whose mask fits, smaller than its 16-token chunks as the prefix grows; the
     output stays exact."""
     log_start = len(chunked_server.log_text())
-    prompt = prompt_with_closed_blocks(tokenizer, token_ids, 5)
+    prompt = prompt_with_closed_blocks(tokenizer, token_ids, 5, question="A prompt no earlier test cached")
     run_and_check(
         chunked_server, reference, token_ids, prompt, [(6, 2)], {}, prompt_blocks=5, in_think=True
     )  # fmt: skip

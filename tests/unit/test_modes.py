@@ -22,6 +22,7 @@ def server_args(**overrides) -> SimpleNamespace:
         speculative_algorithm=None,
         disaggregation_mode="null",
         disable_overlap_schedule=False,
+        radix_cache_backend="memento",
         cuda_graph_config={"prefill": {"backend": "disabled"}, "decode": {"backend": "disabled"}},
     )
     return SimpleNamespace(**{**base, **overrides})
@@ -45,6 +46,16 @@ def test_the_cpu_server_shape_is_supported():
 def test_untested_modes_are_refused_by_flag(flags, named):
     assert named in settings.unsupported_reason(server_args(**flags))
     assert settings.unsupported_reason(server_args(tp_size=1, dp_size=1, lora_paths=None)) is None
+
+
+def test_a_prefix_cache_other_than_mementos_is_refused():
+    """SGLang's own tree (no --memento-config) or another backend would cache compacted rows
+    under their logical ids; Memento runs on its radix cache or with none."""
+    default_tree = server_args(radix_cache_backend=None)
+    assert "--radix-cache-backend memento" in settings.unsupported_reason(default_tree)
+    assert "flexkv" in settings.unsupported_reason(server_args(radix_cache_backend="flexkv"))
+    no_cache = server_args(radix_cache_backend=None, disable_radix_cache=True)
+    assert settings.unsupported_reason(no_cache) is None
 
 
 def test_full_prefill_graphs_are_refused():
