@@ -57,6 +57,11 @@ def add_server_options(parser) -> None:
     )
 
 
+#: a server with Memento off server-wide (each request opts in, with or without eviction)
+#: and the Memento radix cache, which Memento requests need
+MEMENTO_PER_REQUEST = ("--memento-config", '{"mask_delimiters": false}')
+
+
 def server_setup(args) -> tuple[Path, tuple[str, ...]]:
     import shlex
 

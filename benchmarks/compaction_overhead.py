@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import add_server_options, chat_prompts, counter, machine, server_setup  # noqa: E402
+from _common import MEMENTO_PER_REQUEST, add_server_options, chat_prompts, counter, machine, server_setup  # noqa: E402
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
@@ -87,7 +87,13 @@ def main() -> None:
 
     model, extra = server_setup(args)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    flags = ("--enable-metrics", "--max-running-requests", str(max(args.batches)), *extra)
+    flags = (
+        *MEMENTO_PER_REQUEST,
+        "--enable-metrics",
+        "--max-running-requests",
+        str(max(args.batches)),
+        *extra,
+    )
     spec = ServerSpec("overhead", flags, max_total_tokens=80000)
     server = ServerProcess(spec, model)
     server.start()

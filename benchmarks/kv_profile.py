@@ -25,7 +25,7 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import add_server_options, server_setup  # noqa: E402
+from _common import MEMENTO_PER_REQUEST, add_server_options, server_setup  # noqa: E402
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
@@ -194,7 +194,9 @@ def main() -> None:
 
     model, extra = server_setup(args)
     shape = TraceShape.paper(args.scale, args.blocks)
-    server = ServerProcess(ServerSpec("kv-profile", extra, max_total_tokens=40000), model)
+    server = ServerProcess(
+        ServerSpec("kv-profile", (*MEMENTO_PER_REQUEST, *extra), max_total_tokens=40000), model
+    )
     server.start()
     try:
         server.wait_ready()

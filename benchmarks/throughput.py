@@ -37,7 +37,15 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import add_server_options, chat_prompts, counter, machine, server_setup, sibling  # noqa: E402
+from _common import (  # noqa: E402
+    MEMENTO_PER_REQUEST,
+    add_server_options,
+    chat_prompts,
+    counter,
+    machine,
+    server_setup,
+    sibling,
+)
 from support.server import ServerProcess, ServerSpec  # noqa: E402
 
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
@@ -193,7 +201,7 @@ def main() -> None:
     shape = kv_profile.TraceShape.paper(args.scale)
     model, extra = server_setup(args)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    flags = ("--enable-metrics", "--decode-log-interval", "1")
+    flags = (*MEMENTO_PER_REQUEST, "--enable-metrics", "--decode-log-interval", "1")
     flags += ("--max-running-requests", str(max(args.concurrency)))
     rows = []
     points = [(p, k, n) for p in args.pool for k in args.traces for n in args.concurrency]
