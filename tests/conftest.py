@@ -48,6 +48,22 @@ SERVERS = [
         ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics"),
         max_total_tokens=PRESSURE_POOL_TOKENS,
     ),
+    # Priority preemption on the same small pool: a high-priority request preempts running
+    # Memento requests, whose rows keep their work.
+    ServerSpec(
+        "priority",
+        (
+            "--memento-config",
+            SERVER_MEMENTO_ON,
+            "--enable-metrics",
+            "--enable-priority-scheduling",
+            "--max-running-requests",
+            "2",
+            "--decode-log-interval",
+            "1",
+        ),
+        max_total_tokens=PRESSURE_POOL_TOKENS,
+    ),
     # llguidance instead of xgrammar: the Memento structure as a Lark grammar (`ebnf`).
     ServerSpec("llguidance", ("--memento-config", SERVER_MEMENTO_ON, "--grammar-backend", "llguidance")),
     # The real model of the demo (SmolLM2-135M-Instruct with Memento tokens).
@@ -86,6 +102,7 @@ SERVER_FIXTURES = {
     "chunked_server": "chunked",
     "retract_server": "retract",
     "pressure_server": "pressure",
+    "priority_server": "priority",
     "llguidance_server": "llguidance",
     "smollm2_server": "smollm2",
 }
@@ -196,6 +213,11 @@ def chunked_server(server_pool):
 @pytest.fixture(scope="session")
 def pressure_server(server_pool):
     return server_pool.get("pressure")
+
+
+@pytest.fixture(scope="session")
+def priority_server(server_pool):
+    return server_pool.get("priority")
 
 
 @pytest.fixture(scope="session")

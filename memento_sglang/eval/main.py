@@ -36,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1, help="completions per problem (n)")
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=-1, help="-1: off")
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0, help="problem generation and sampling seed")
     p.add_argument("--structure", metavar="BLOCKS:BLOCK_TOKENS:MEMENTO_TOKENS[:ANSWER_TOKENS]",
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
         structure = Structure(*(int(x) for x in args.structure.split(":")))
     settings = EvalSettings(
         modes=tuple(args.modes),
-        sampling=Sampling(args.temperature, args.top_p, args.max_new_tokens, args.samples, args.seed),
+        sampling=Sampling(
+            args.temperature, args.top_p, args.max_new_tokens, args.samples, args.seed, args.top_k
+        ),
         rule=args.rule,
         memento_config=config,
         structure=structure,

@@ -45,6 +45,7 @@ class Sampling:
     max_new_tokens: int = 2048
     samples: int = 1
     seed: int = 0
+    top_k: int = -1
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,19 @@ class HttpTarget:
 
 
 class EngineTarget:
-    """An in-process engine (`memento_sglang.engine.Engine`) on a local model."""
+    """An in-process engine (`memento_sglang.engine.Engine`) on a local model. Its blocking
+    `generate` drives one event loop, so requests go one at a time (a request's `n`
+    samples still decode together)."""
 
     def __init__(self, model_path: str | Path, memento_config: dict, **engine_args: Any) -> None:
         from memento_sglang.engine import Engine
 
         self.engine = Engine(model_path=str(model_path), memento_config=memento_config, **engine_args)
+        self._lock = threading.Lock()
 
     def generate(self, body: dict) -> dict | list[dict]:
-        return self.engine.generate(input_ids=body["input_ids"], sampling_params=body["sampling_params"])
+        with self._lock:
+            return self.engine.generate(input_ids=body["input_ids"], sampling_params=body["sampling_params"])
 
     def close(self) -> None:
         self.engine.shutdown()
@@ -145,6 +150,7 @@ def request_body(prompt: list[int], mode: str, settings: EvalSettings) -> dict:
     params: dict[str, Any] = {
         "temperature": s.temperature,
         "top_p": s.top_p,
+        "top_k": s.top_k,
         "max_new_tokens": s.max_new_tokens,
         "n": s.samples,
         "sampling_seed": s.seed,

@@ -202,9 +202,14 @@ def _admit(original, self, req, when_mask_full, *args, **kwargs):
 
 
 def preempt_with_memento_estimate(original, self, req, *args, **kwargs):
-    """Priority preemption: Memento's estimate for `req`; preempted Memento rows keep their work."""
+    """Priority preemption: Memento's estimate for `req`; preempted Memento rows keep their
+    work; the rows left running are reserved together again (SGLang takes each preempted
+    row's own bound off the budget, and the batch's joint reservation changes with it)."""
     with admission.estimate_scope(req, scheduler.synced(req)), scheduler.memory_retraction():
-        return original(self, req, *args, **kwargs)
+        preempted = original(self, req, *args, **kwargs)
+    if preempted:
+        _pool_running_reservations(self)
+    return preempted
 
 
 def reserve_for_running_request(original, self, req, *args, **kwargs):
@@ -217,8 +222,18 @@ def reserve_for_running_request(original, self, req, *args, **kwargs):
 def reserve_for_running_batch(result, self, *args, **kwargs):
     """The running batch's Memento rows reserved together: the most they hold at once."""
     if self.running_batch is not None:
-        correction = admission.pooled_correction(self.running_batch.reqs, scheduler.synced)
-        self.memory_budget.total_offset += correction
+        _pool_running_reservations(self)
+
+
+_POOLED = "_memento_pooled_correction"
+
+
+def _pool_running_reservations(adder) -> None:
+    """Replace the sum of the running Memento rows' bounds in the adder's budget by their
+    joint bound (the correction applied before, if any, is taken back first)."""
+    correction = admission.pooled_correction(adder.running_batch.reqs, scheduler.synced)
+    adder.memory_budget.total_offset += correction - getattr(adder, _POOLED, 0.0)
+    setattr(adder, _POOLED, correction)
 
 
 def retract_for_memory(original, self, *args, **kwargs):

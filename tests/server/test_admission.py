@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -87,4 +88,38 @@ def test_mixed_traffic_retracts_for_real_and_stays_exact(
     for body, out in zip(plain, outs[len(bodies) :], strict=True):
         body = {**body, "sampling_params": {**body["sampling_params"], "custom_params": None}}
         assert out["output_ids"] == plain_server.generate(body)["output_ids"]
+    server.assert_healthy()
+
+
+def test_priority_preemption_of_memento_requests_is_exact(priority_server, default_server, tokenizer):
+    """`--enable-priority-scheduling` on a 300-slot pool: a high-priority request with a long
+    prompt preempts running Memento requests (their rows keep their work, the batch is
+    reserved again without them), and every output equals the roomy server's."""
+    server = priority_server
+    warm = [chat_prompt(tokenizer, f"Priority warm up {i}") for i in range(3)]
+    send_together(server, memento_wave(warm[:1], {}))  # the server learns cycle lengths
+    send_together(server, memento_wave(warm[1:], {}))
+    before = metric(server, "sglang:memento_retracted_output_tokens_total")
+    # 8 blocks: prompt + max_new_tokens stays under the pool, which SGLang would clip it to
+    long_blocks = [(20, 3)] * 8
+    low = [
+        memento_body(chat_prompt(tokenizer, "Low priority" + " seven" * i), long_blocks,
+                     answer_tokens=ANSWER, max_new_tokens=8 * 27 + ANSWER + 4)
+        for i in range(6)
+    ]  # fmt: skip
+    urgent = memento_wave([chat_prompt(tokenizer, "Urgent" + " eight" * 20)], {})[0]
+    log_start = len(server.log_text())
+    with ThreadPoolExecutor(len(low) + 1) as pool:
+        waiting = [pool.submit(server.generate, {**body, "priority": 0}) for body in low]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # send it while several low-priority rows decode
+            running = re.findall(r"Decode batch, #running-req: (\d+)", server.log_text()[log_start:])
+            if running and int(running[-1]) >= 2:
+                break
+            time.sleep(0.02)
+        first = pool.submit(server.generate, {**urgent, "priority": 100}).result()
+        outs = [f.result() for f in waiting]
+    assert metric(server, "sglang:memento_retracted_output_tokens_total") > before, "nothing was preempted"
+    for body, out in zip([*low, urgent], [*outs, first], strict=True):
+        assert out["output_ids"] == default_server.generate(body)["output_ids"]
     server.assert_healthy()
