@@ -83,10 +83,11 @@ def markdown(summary: dict) -> str:
             f"{s['peak_kv']:.0f} | {s['kv_area']:.0f} | {'' if ratio is None else f'{ratio:.2f}x'} | "
             f"{s['seconds']:.2f} |"
         )
-    for name, d in summary["paired"].items():
+    if summary["paired"]:
         lines.append("")
+    for name, d in summary["paired"].items():
         lines.append(
-            f"Paired accuracy difference {name}: {100 * d['mean']:+.1f} pp "
+            f"- paired accuracy difference {name}: {100 * d['mean']:+.1f} pp "
             f"(95% CI {100 * d['ci'][0]:+.1f} to {100 * d['ci'][1]:+.1f})"
         )
     return "\n".join(lines) + "\n"
