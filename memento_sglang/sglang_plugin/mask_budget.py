@@ -22,12 +22,9 @@ _budget: int | None = None  # the server's `prefill_mask_budget`, once installed
 
 
 def install(budget: int) -> None:
+    """Once per scheduler process, from the server's Memento config."""
     global _budget
     _budget = budget
-
-
-def budget() -> int | None:
-    return _budget
 
 
 _ENTRIES = "_memento_mask_entries"  # mask entries of the requests admitted into the batch
