@@ -49,24 +49,28 @@ class TraceShape:
 
 @dataclass(frozen=True)
 class Profile:
-    """Per decode step: live KV tokens reported by the server and computed from the ids."""
+    """Live KV per generated token: computed from the ids (`theoretical`, every token) and
+    reported by the server (`reported[i]` after token `steps[i]`; a stream chunk that
+    carries several tokens reports once, so a loaded machine reports fewer steps)."""
 
     output_ids: list[int]
+    steps: list[int]
     reported: list[int]
     theoretical: list[int]
 
     @property
     def peak(self) -> int:
-        return max(self.reported)
+        return max(self.theoretical)
 
     @property
     def area(self) -> int:
         """Area under the live-KV curve, in token-steps."""
-        return sum(self.reported)
+        return sum(self.theoretical)
 
     @property
     def live_over_theoretical(self) -> tuple[float, float]:
-        ratios = [r / t for r, t in zip(self.reported, self.theoretical, strict=True)]
+        """Reported over computed live KV at every reported step: (min, max)."""
+        ratios = [r / self.theoretical[k - 1] for k, r in zip(self.steps, self.reported, strict=True)]
         return min(ratios), max(ratios)
 
 
@@ -87,8 +91,8 @@ def request_body(prompt: list[int], shape: TraceShape, evict: bool) -> dict:
     return {"input_ids": prompt, "sampling_params": params, "stream": True}
 
 
-def stream_live_kv(url: str, body: dict) -> tuple[list[int], list[int]]:
-    """(output ids, live KV reported after each generated token) of one streamed request."""
+def stream_live_kv(url: str, body: dict) -> tuple[list[int], list[int], list[int]]:
+    """(output ids, the token counts the stream reported at, live KV reported there)."""
     live: dict[int, int] = {}
     output: list[int] = []
     with requests.post(url + "/generate", json=body, stream=True, timeout=3600) as r:
@@ -101,7 +105,8 @@ def stream_live_kv(url: str, body: dict) -> tuple[list[int], list[int]]:
             done = chunk["meta_info"]["completion_tokens"]
             output = ids if len(ids) == done else output + ids  # cumulative or incremental
             live[done] = chunk["meta_info"]["memento"]["live_kv_tokens"]
-    return output, [live[k] for k in sorted(live)]
+    steps = sorted(k for k in live if k > 0)
+    return output, steps, [live[k] for k in steps]
 
 
 def theoretical_live(ids: list[int], prompt_len: int, ids_of: dict[str, int], evict: bool) -> list[int]:
@@ -126,10 +131,10 @@ def theoretical_live(ids: list[int], prompt_len: int, ids_of: dict[str, int], ev
 
 
 def profile(url: str, prompt: list[int], shape: TraceShape, ids_of: dict[str, int], evict: bool) -> Profile:
-    output, reported = stream_live_kv(url, request_body(prompt, shape, evict))
+    output, steps, reported = stream_live_kv(url, request_body(prompt, shape, evict))
     theory = theoretical_live(prompt + output, len(prompt), ids_of, evict)
-    n = min(len(reported), len(theory))  # a stream may coalesce the last chunks
-    return Profile(output, reported[:n], theory[:n])
+    kept = [i for i, k in enumerate(steps) if k <= len(theory)]
+    return Profile(output, [steps[i] for i in kept], [reported[i] for i in kept], theory)
 
 
 def plot(with_eviction: Profile, without: Profile, path: Path, title: str) -> None:
@@ -139,8 +144,8 @@ def plot(with_eviction: Profile, without: Profile, path: Path, title: str) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot(without.reported, label=f"no eviction (peak {without.peak})", color="tab:gray")
-    ax.plot(with_eviction.reported, label=f"Memento (peak {with_eviction.peak})", color="tab:blue")
+    ax.plot(without.steps, without.reported, label=f"no eviction (peak {without.peak})", color="tab:gray")
+    ax.plot(with_eviction.steps, with_eviction.reported, label=f"Memento (peak {with_eviction.peak})")
     ax.set_xlabel("decode step")
     ax.set_ylabel("live KV tokens")
     ax.set_title(title)
@@ -171,7 +176,8 @@ def run(url: str, tokenizer, shape: TraceShape, out_dir: Path) -> dict:
         "peak_reduction": keeping.peak / evicting.peak,
         "area_reduction": keeping.area / evicting.area,
         "live_over_theoretical": {"memento": [lo, hi], "no_eviction": [lo_keep, hi_keep]},
-        "steps": {"memento": evicting.reported, "no_eviction": keeping.reported},
+        "steps": {"memento": evicting.theoretical, "no_eviction": keeping.theoretical},
+        "reported_steps": {"memento": evicting.steps, "no_eviction": keeping.steps},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "kv_profile.json").write_text(json.dumps(result, indent=1))

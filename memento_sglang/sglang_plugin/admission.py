@@ -115,9 +115,24 @@ def observe(seq: MementoSequence) -> None:
         _estimator.observe(seq)
 
 
+_bounds_held_depth = 0
+
+
 def on_retraction(seq: MementoSequence | None) -> None:
-    if _estimator is not None:
+    if _estimator is not None and _bounds_held_depth == 0:
         _estimator.on_retraction(seq)
+
+
+@contextmanager
+def bounds_held() -> Iterator[None]:
+    """Releases within the block (priority preemption) are not bounds that failed: the
+    learned cycle bounds stay, so every reservation of the adder uses the same ones."""
+    global _bounds_held_depth
+    _bounds_held_depth += 1
+    try:
+        yield
+    finally:
+        _bounds_held_depth -= 1
 
 
 @contextmanager

@@ -179,25 +179,28 @@ def compact_before_admission(self, running_batch, *args, **kwargs):
 def admit_with_memento_estimate(original, self, req, *args, **kwargs):
     """A new request: SGLang's estimate of its growth is Memento's, and a masked batch's
     chunks are cut so that the batch's mask fits `prefill_mask_budget`."""
-    return _admit(original, self, req, AddReqResult.OTHER, *args, **kwargs)
+    return _admit(original, self, req, AddReqResult.OTHER, False, *args, **kwargs)
 
 
 def admit_chunk_with_memento_estimate(original, self, req, *args, **kwargs):
     """A chunked prompt's next chunk: the same, and `req` stays the chunked request when
     the batch's mask has no room left."""
-    return _admit(original, self, req, req, *args, **kwargs)
+    return _admit(original, self, req, req, True, *args, **kwargs)
 
 
-def _admit(original, self, req, when_mask_full, *args, **kwargs):
+def _admit(original, self, req, when_mask_full, continuing, *args, **kwargs):
     seq = scheduler.synced(req)
     needs_mask = seq is not None and seq.masked_prefill and seq.has_due()
-    limit = mask_budget.chunk_limit(self, req, needs_mask)
+    limit = mask_budget.chunk_limit(self, req, needs_mask, continuing=continuing)
     if limit == 0:  # the batch's mask is full: the request waits for the next batch
         return when_mask_full
     with admission.estimate_scope(req, seq) as growth, mask_budget.chunk_scope(self, req, limit, needs_mask):
         result = original(self, req, *args, **kwargs)
-    if seq is not None and req in self.can_run_list:
-        seq.note_admission(None if growth is None else growth.total)
+    if req in self.can_run_list:
+        if seq is not None:
+            seq.note_admission(None if growth is None else growth.total)
+        if self.running_batch is not None:
+            _pool_running_reservations(self)  # its prefix lock may share a running row's nodes
     return result
 
 
@@ -205,7 +208,11 @@ def preempt_with_memento_estimate(original, self, req, *args, **kwargs):
     """Priority preemption: Memento's estimate for `req`; preempted Memento rows keep their
     work; the rows left running are reserved together again (SGLang takes each preempted
     row's own bound off the budget, and the batch's joint reservation changes with it)."""
-    with admission.estimate_scope(req, scheduler.synced(req)), scheduler.memory_retraction():
+    with (
+        admission.estimate_scope(req, scheduler.synced(req)),
+        scheduler.memory_retraction(),
+        admission.bounds_held(),  # a preemption is no failed bound: no back-off mid-adder
+    ):
         preempted = original(self, req, *args, **kwargs)
     if preempted:
         _pool_running_reservations(self)

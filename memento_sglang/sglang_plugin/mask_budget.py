@@ -31,14 +31,17 @@ _ENTRIES = "_memento_mask_entries"  # mask entries of the requests admitted into
 _MASKED = "_memento_batch_masked"  # whether one of them needs a Memento mask
 
 
-def chunk_limit(adder: Any, req: Any, needs_mask: bool) -> int | None:
+def chunk_limit(adder: Any, req: Any, needs_mask: bool, *, continuing: bool = False) -> int | None:
     """How many new tokens `req` may prefill in `adder`'s batch; None: no Memento limit.
 
     The limit applies once the batch holds a masked request (or `req` is one): requests
-    admitted before it count too, since a custom mask covers the whole batch. The
-    batch's first request always gets at least one token, so a prompt makes progress.
+    admitted before it count too, since a custom mask covers the whole batch. A prompt
+    this budget cut before keeps a limit for its next chunks when SGLang's own chunking
+    is off (`rem_chunk_tokens` None, which SGLang's chunk path cannot take). The batch's
+    first request always gets at least one token, so a prompt makes progress.
     """
-    if _budget is None or not (needs_mask or getattr(adder, _MASKED, False)):
+    unchunked_continuation = continuing and adder.rem_chunk_tokens is None
+    if _budget is None or not (needs_mask or unchunked_continuation or getattr(adder, _MASKED, False)):
         return None
     limit = largest_chunk(req.prefix_len, _budget - getattr(adder, _ENTRIES, 0))
     return max(limit, 1) if not adder.can_run_list else limit
@@ -49,9 +52,9 @@ def chunk_scope(adder: Any, req: Any, limit: int | None, needs_mask: bool) -> It
     """Within the block, SGLang's chunk budget is at most `limit`; afterwards it is what it
     was less what the admitted chunk used, and the batch's mask entries are counted.
 
-    A request that used the whole limit may have been cut short by it: the batch then
-    takes no more prefill (SGLang carries one chunked request at a time, and a chunk
-    that filled SGLang's own budget would have closed the batch the same way).
+    A request the limit cut short (it is the batch's chunked request, or used the whole
+    limit) closes the batch to more prefill: SGLang carries one chunked request at a
+    time, and a chunk that filled SGLang's own budget closes the batch the same way.
     """
     stock = adder.rem_chunk_tokens
     lowered = stock if limit is None else (limit if stock is None else min(stock, limit))
@@ -61,9 +64,16 @@ def chunk_scope(adder: Any, req: Any, limit: int | None, needs_mask: bool) -> It
     finally:
         if lowered is not None and lowered != stock:
             left = adder.rem_chunk_tokens
-            adder.rem_chunk_tokens = 0 if left <= 0 else (None if stock is None else stock - (lowered - left))
+            cut = left <= 0 or adder.new_chunked_req is req or _still_chunked(adder, req)
+            adder.rem_chunk_tokens = 0 if cut else (None if stock is None else stock - (lowered - left))
     if req in adder.can_run_list:
         entries = getattr(adder, _ENTRIES, 0) + mask_entries(req.prefix_len, req.extend_len)
         setattr(adder, _ENTRIES, entries)
         if needs_mask:
             setattr(adder, _MASKED, True)
+
+
+def _still_chunked(adder: Any, req: Any) -> bool:
+    """A chunk admitted into the batch short of the prompt's end."""
+    end = req.extend_end
+    return req in adder.can_run_list and end is not None and end < len(req.full_untruncated_fill_ids)

@@ -86,10 +86,11 @@ def masking_backend_choice(raw_config: str | None, backends: dict[str, str | Non
 
 
 def radix_cache_choice(raw_config: str | None, cache: dict[str, Any]) -> dict[str, str]:
-    """With `--memento-config` given, the prefix cache defaults to the Memento radix
-    cache (a stock tree cannot hold compacted rows, so Memento requests would skip it).
-    An explicit `--radix-cache-backend`, `--disable-radix-cache` or HiCache wins."""
-    if raw_config is None or any(cache.values()):
+    """With a Memento config (`--memento-config` or `MEMENTO_SGLANG_CONFIG`), the prefix
+    cache defaults to the Memento radix cache (another tree would cache compacted rows
+    under their logical ids, and is refused). An explicit `--radix-cache-backend`,
+    `--disable-radix-cache` or HiCache wins."""
+    if server_config_text(raw_config) is None or any(cache.values()):
         return {}
     from memento_sglang.sglang_plugin.radix_cache import BACKEND_NAME
 
@@ -145,6 +146,8 @@ def _untested_mode(server_args: Any) -> str | None:
         return "LoRA adapters (--enable-lora, --lora-paths) key the prefix cache by adapter"
     if getattr(server_args, "enable_hierarchical_cache", False):
         return "HiCache (--enable-hierarchical-cache) copies KV rows to host memory that compaction rewrites"
+    if getattr(server_args, "enable_deterministic_inference", False):
+        return "--enable-deterministic-inference aligns prefill chunks, which Memento's masked chunks do not"
     if getattr(server_args, "enable_mixed_chunk", False):
         return "--enable-mixed-chunk runs decode rows inside prefill batches, where rows are not compacted"
     return None

@@ -27,8 +27,10 @@ def test_kv_profile_live_equals_theory_at_every_step(default_server, tokenizer, 
     result = kv.run(default_server.url, tokenizer, shape, tmp_path)
     assert result["live_over_theoretical"] == {"memento": [1.0, 1.0], "no_eviction": [1.0, 1.0]}
     assert result["output_tokens"][0] == result["output_tokens"][1]  # same work with and without
-    steps = result["steps"]["memento"]
+    steps = result["steps"]["memento"]  # computed from the ids, checked at every reported step
     assert len(steps) == result["output_tokens"][0]
+    reported = result["reported_steps"]["memento"]
+    assert len(reported) >= len(steps) // 2 and set(reported) <= set(range(1, len(steps) + 1))
     # the sawtooth: live KV drops once per closed memento
     assert sum(1 for a, b in zip(steps, steps[1:], strict=False) if b < a) == shape.blocks
     assert result["peak_reduction"] > 1 and result["area_reduction"] > 1

@@ -58,3 +58,16 @@ def test_a_cold_server_keeps_sglangs_estimate(monkeypatch):
     req, seq = request(400)
     with admission.estimate_scope(req, seq) as growth:
         assert growth is None and schedule_policy.CLIP_MAX_NEW_TOKENS == STOCK
+
+
+def test_a_priority_preemption_keeps_the_learned_bounds(estimator):
+    """A retraction of a row admitted on the bound backs off to the worst cycles seen; a
+    priority preemption (inside `bounds_held`) is no failed bound and changes nothing."""
+    req, seq = request(400)
+    seq.note_admission(115)
+    before = estimator.cycles.bounds()
+    with admission.bounds_held():
+        admission.on_retraction(seq)
+    assert estimator.cycles.bounds() == before and not estimator.cycles.cautious
+    admission.on_retraction(seq)
+    assert estimator.cycles.cautious

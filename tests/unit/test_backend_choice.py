@@ -39,3 +39,15 @@ def test_unset_backend_on_gpu_becomes_flashinfer(monkeypatch):
     monkeypatch.setattr(settings, "gpu_available", lambda: False)
     assert settings.masking_backend_choice(ON, {}, None) == {}
     assert settings.masking_backend_choice(ON, {}, "cpu") == {}
+
+
+def test_the_memento_radix_cache_follows_the_config_wherever_it_comes_from(monkeypatch):
+    """The flag or the environment variable picks the Memento radix cache (SGLang's default
+    tree is refused with Memento); an explicit cache choice wins; no config, no choice."""
+    none = {"radix_cache_backend": None, "disable_radix_cache": False, "enable_hierarchical_cache": False}
+    monkeypatch.delenv("MEMENTO_SGLANG_CONFIG", raising=False)
+    assert settings.radix_cache_choice(None, none) == {}
+    assert settings.radix_cache_choice(ON, none) == {"radix_cache_backend": "memento"}
+    monkeypatch.setenv("MEMENTO_SGLANG_CONFIG", ON)
+    assert settings.radix_cache_choice(None, none) == {"radix_cache_backend": "memento"}
+    assert settings.radix_cache_choice(None, {**none, "disable_radix_cache": True}) == {}

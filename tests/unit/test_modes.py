@@ -41,6 +41,7 @@ def test_the_cpu_server_shape_is_supported():
         ({"lora_paths": ["adapter=/tmp/a"]}, "--lora-paths"),
         ({"enable_hierarchical_cache": True}, "--enable-hierarchical-cache"),
         ({"enable_mixed_chunk": True}, "--enable-mixed-chunk"),
+        ({"enable_deterministic_inference": True}, "--enable-deterministic-inference"),
     ],
 )
 def test_untested_modes_are_refused_by_flag(flags, named):
