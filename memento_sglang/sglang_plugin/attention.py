@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from memento_sglang.kernels.batched_decode import batched_decode, fits
 from memento_sglang.kernels.segmented_attention import segmented_attention
 from memento_sglang.masks import ExtendSegment
 
@@ -85,3 +86,23 @@ def can_mask(attn_backend: Any) -> bool:
         # sliding-window / cross-attention wrappers see other key ranges than the mask's
         return getattr(attn_backend, "dispatch_reason", None) is None
     return type(attn_backend) in (TorchNativeAttnBackend, TritonAttnBackend)
+
+
+def batched_sdpa_decode(original, backend, query, output, k_cache, v_cache, req_to_token,
+                        req_pool_indices, seq_lens, encoder_lens=None, scaling=None,
+                        enable_gqa=False, causal=False, is_cross_attn=False,
+                        sliding_window_size=None):  # fmt: skip
+    """AROUND `TorchNativeAttnBackend._run_sdpa_forward_decode`: one SDPA call for the batch
+    (`kernels.batched_decode`) instead of one per request; SGLang's loop for the cases it
+    does not cover (encoder/cross attention, sliding windows, one request, a huge batch)."""
+    simple = encoder_lens is None and not is_cross_attn and not causal and sliding_window_size is None
+    one_query_each = query.shape[0] == seq_lens.shape[0] > 1
+    if not (simple and one_query_each and fits(k_cache, seq_lens)):
+        return original(
+            backend, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, encoder_lens,
+            scaling=scaling, enable_gqa=enable_gqa, causal=causal, is_cross_attn=is_cross_attn,
+            sliding_window_size=sliding_window_size,
+        )  # fmt: skip
+    rows = (query, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens)
+    output[:] = batched_decode(*rows, scale=scaling, enable_gqa=enable_gqa)
+    return output

@@ -374,6 +374,7 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_COMMON}.release_kv_cache", compact_before_release, H.BEFORE),
     HookSpec(f"{_TORCH_ATTN}.forward_extend", attention.with_batch_plans, H.AROUND),
     HookSpec(f"{_TORCH_ATTN}._run_sdpa_forward_extend", attention.masked_sdpa_extend, H.AROUND),
+    HookSpec(f"{_TORCH_ATTN}._run_sdpa_forward_decode", attention.batched_sdpa_decode, H.AROUND),
     HookSpec(
         f"{_FLASHINFER}.FlashInferAttnBackend.init_forward_metadata",
         gpu_attention.flashinfer_plan_with_mask,
