@@ -6,18 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
-from memento_sglang.eval.answers import RULES
-from memento_sglang.eval.problems import load_problems
-from memento_sglang.eval.report import markdown, write_report
-from memento_sglang.eval.runner import (
+from memento_sglang.eval import (
     MODES,
+    RULES,
     EngineTarget,
     EvalSettings,
     HttpTarget,
     Sampling,
     Structure,
+    load_problems,
     run_eval,
+    write_report,
 )
+from memento_sglang.eval.report import markdown
 
 
 def parser() -> argparse.ArgumentParser:

@@ -199,8 +199,8 @@ def _admit(original, self, req, when_mask_full, continuing, *args, **kwargs):
     if req in self.can_run_list:
         if seq is not None:
             seq.note_admission(None if growth is None else growth.total)
-        if self.running_batch is not None:
-            _pool_running_reservations(self)  # its prefix lock may share a running row's nodes
+        if self.running_batch is not None and req.prefix_len > 0:
+            _pool_running_reservations(self)  # its prefix lock may hold a running row's nodes
     return result
 
 
