@@ -1,23 +1,33 @@
-"""One entry point for every benchmark: `python benchmarks NAME [ARGS]`.
+"""One entry point for every benchmark: `python -m benchmarks NAME [ARGS]`, from the repository root.
 
 Each benchmark starts its own CPU server(s) on the embedded tiny model, shows
 progress, writes JSON under `artifacts/` (`--out`) and prints a table.
 
-    python benchmarks                      # list them
-    python benchmarks kv_profile --scale 0.1
-    python benchmarks throughput --help
+    python -m benchmarks                      # list them
+    python -m benchmarks kv_profile --scale 0.1
+    python -m benchmarks throughput --help
 """
 
 from __future__ import annotations
 
-import runpy
+import importlib
+import pkgutil
 import sys
-from pathlib import Path
+from importlib.resources import files
 
-HERE = Path(__file__).resolve().parent
+import benchmarks
+
+
+def _summary(name: str) -> str:
+    """The first line of a benchmark's docstring, read without importing it (no torch, no server)."""
+    text = files(benchmarks).joinpath(f"{name}.py").read_text()
+    return (text.split('"""')[1].strip().splitlines() or [""])[0]
+
+
 BENCHMARKS = {
-    path.stem: (path.read_text().split('"""')[1].strip().splitlines() or [""])[0]
-    for path in sorted(HERE.glob("[a-z]*.py"))
+    info.name: _summary(info.name)
+    for info in sorted(pkgutil.iter_modules(benchmarks.__path__), key=lambda info: info.name)
+    if not info.name.startswith("_")
 }
 
 
@@ -28,8 +38,8 @@ def main() -> None:
             print(f"  {name:<22} {summary}")
         sys.exit(0 if len(sys.argv) < 2 else 2)
     name = sys.argv[1]
-    sys.argv = [str(HERE / f"{name}.py"), *sys.argv[2:]]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    sys.argv = [f"python -m benchmarks {name}", *sys.argv[2:]]  # argparse's `prog`
+    importlib.import_module(f"benchmarks.{name}").main()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,11 @@
-"""What several benchmarks read off a server: its KV in use, its counters; sibling loading."""
+"""What several benchmarks share: server options and setup, chat prompts, a server's counters."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import requests
-
-HERE = Path(__file__).resolve().parent
 
 
 def chat_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
@@ -23,26 +18,10 @@ def chat_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
     ]
 
 
-def peak_used_tokens(log: str) -> int:
-    """The peak of SGLang's own `#token` (KV slots in use) over decode-log lines."""
-    return max((int(n) for n in re.findall(r"Decode batch.*?#token: (\d+)", log)), default=0)
-
-
 def counter(url: str, name: str) -> float:
     """A Prometheus counter of the server, summed over its label sets."""
     text = requests.get(url + "/metrics", timeout=30).text
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
-
-
-def sibling(name: str) -> ModuleType:
-    """Another benchmark script as a module (benchmarks/ is not a package)."""
-    key = f"benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 def add_server_options(parser) -> None:

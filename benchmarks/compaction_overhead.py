@@ -6,14 +6,13 @@ own counters give the time spent in compaction (`sglang:memento_compaction_secon
 and the decode steps it prepared; the wall time of the batch over its decode steps
 approximates a step (prefill included, so the share is an upper bound).
 
-    python benchmarks/compaction_overhead.py --batches 1 8 32 128
+    python -m benchmarks compaction_overhead --batches 1 8 32 128
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,12 +20,16 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import MEMENTO_PER_REQUEST, add_server_options, chat_prompts, counter, machine, server_setup  # noqa: E402
-from support.server import ServerProcess, ServerSpec  # noqa: E402
-
-from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
+from benchmarks._common import (
+    MEMENTO_PER_REQUEST,
+    add_server_options,
+    chat_prompts,
+    counter,
+    machine,
+    server_setup,
+)
+from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
+from tests.support.server import ServerProcess, ServerSpec
 
 COUNTERS = ("decode_steps_total", "compaction_seconds_total", "tokens_evicted_total")
 

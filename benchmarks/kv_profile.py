@@ -10,25 +10,21 @@ At every step it compares the live KV the server reports (`meta_info["memento"]`
 streamed per token) with the theoretical live set computed here from the token ids
 (prompt + mementos + open block): the ratio must be 1.000.
 
-    python benchmarks/kv_profile.py --scale 0.1 --out artifacts/kv_profile
+    python -m benchmarks kv_profile --scale 0.1 --out artifacts/kv_profile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import MEMENTO_PER_REQUEST, add_server_options, server_setup  # noqa: E402
-from support.server import ServerProcess, ServerSpec  # noqa: E402
-
-from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
+from benchmarks._common import MEMENTO_PER_REQUEST, add_server_options, server_setup
+from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
+from tests.support.server import ServerProcess, ServerSpec
 
 PAPER_BLOCK_TOKENS, PAPER_MEMENTO_TOKENS, PAPER_BLOCKS = 1150, 194, 9
 

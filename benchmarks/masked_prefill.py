@@ -4,7 +4,7 @@ One server (CPU defaults without a GPU, radix cache off so every prefill is real
 The same prompts are prefilled with Memento on (masked prefill, then compaction)
 and off (plain causal prefill) in the same run; the ratio is masked / unmasked.
 
-    python benchmarks/masked_prefill.py --sizes 2048 8192 32768 --blocks 4 8 16
+    python -m benchmarks masked_prefill --sizes 2048 8192 32768 --blocks 4 8 16
 
 The tiny test model's RoPE has no length limit, so the server's context length is
 raised to the largest size (SGLang's own override switch).
@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import requests
 from tqdm import tqdm
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import add_server_options, machine, server_setup  # noqa: E402
-from support.server import ServerProcess, ServerSpec  # noqa: E402
+from benchmarks._common import add_server_options, machine, server_setup
+from tests.support.server import ServerProcess, ServerSpec
 
 
 def build_prompt(tokenizer, size: int, n_blocks: int) -> list[int]:

@@ -13,15 +13,14 @@ KV in use is SGLang's own `#token` (slots held by running requests and the tree
 paths they lock), read from its decode log at every step; the peak over the run
 is what the pool must hold. Tokens/s are output tokens over the batch wall time.
 
-    python benchmarks/prefix_sharing.py                       # 16 forks, 1 group
-    python benchmarks/prefix_sharing.py --groups 4 --forks 8  # shared-prefix groups
+    python -m benchmarks prefix_sharing                       # 16 forks, 1 group
+    python -m benchmarks prefix_sharing --groups 4 --forks 8  # shared-prefix groups
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -30,12 +29,10 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import add_server_options, chat_prompts, machine, peak_used_tokens, server_setup  # noqa: E402
-from support.server import ServerProcess, ServerSpec  # noqa: E402
-
-from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
+from benchmarks._common import add_server_options, chat_prompts, machine, server_setup
+from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
+from memento_sglang.sglang_plugin.server_log import peak_used_tokens
+from tests.support.server import ServerProcess, ServerSpec
 
 MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False})
 CONFIGS = {

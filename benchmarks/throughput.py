@@ -18,7 +18,7 @@ Per run: output tokens/s, wall time, mean and max running requests and KV in use
 tokens per decode step (the GPU proxy: a CPU's step time grows with the batch),
 requests SGLang retracted and the output tokens they had to recompute.
 
-    python benchmarks throughput --scale 0.05 --pool 4000 --concurrency 16 32 64
+    python -m benchmarks throughput --scale 0.05 --pool 4000 --concurrency 16 32 64
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,20 +33,18 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from _common import (  # noqa: E402
+from benchmarks import kv_profile  # the paper's trace shape (one definition)
+from benchmarks._common import (
     MEMENTO_PER_REQUEST,
     add_server_options,
     chat_prompts,
     counter,
     machine,
     server_setup,
-    sibling,
 )
-from support.server import ServerProcess, ServerSpec  # noqa: E402
-
-from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag  # noqa: E402
+from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
+from memento_sglang.sglang_plugin.server_log import decode_steps
+from tests.support.server import ServerProcess, ServerSpec
 
 RETRACTED = "sglang:num_retracted_requests_total"
 RETRACTED_TOKENS = "sglang:memento_retracted_output_tokens_total"
@@ -57,8 +53,6 @@ MODES = {
     "stock_admission": {"compact_on_summary_end": True, "admission_estimate": False},
     "no_eviction": {"compact_on_summary_end": False},
 }
-DECODE_LINE = re.compile(r"Decode batch, #running-req: (\d+), #token: (\d+)")
-kv_profile = sibling("kv_profile")  # the paper's trace shape (one definition)
 
 
 def trace_bodies(tokenizer, shape, n: int, kind: str, mode: str, seed: int = 0) -> list[dict]:
@@ -90,11 +84,6 @@ def trace_bodies(tokenizer, shape, n: int, kind: str, mode: str, seed: int = 0) 
         }
         bodies.append({"input_ids": prompt, "sampling_params": params})
     return bodies
-
-
-def decode_steps(log: str) -> list[tuple[int, int]]:
-    """(running requests, KV slots in use) at every decode step in a log excerpt."""
-    return [(int(r), int(t)) for r, t in DECODE_LINE.findall(log)]
 
 
 def run(server, tokenizer, shape, n: int, kind: str, mode: str, pool: int, stagger: float) -> dict:

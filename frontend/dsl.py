@@ -21,33 +21,30 @@ its blocks, mementos and answer then set as program variables (two more hooks).
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any, Literal
 
 from sglang.lang.ir import SglConstantText, SglExprList, SglGen
 
-from memento_sglang.frontend.lark_grammar import lark_segment, memento_lark_grammar
-from memento_sglang.frontend.structural_tag import (
+from memento_sglang.constants import (
     BLOCK_END,
     BLOCK_START,
     CHATML_TOKENS,
+    END_OF_TURN,
+    GRAMMAR_BACKENDS,
     MEMENTO_TOKENS,
     SUMMARY_END,
     SUMMARY_START,
-    BlockBudget,
-    _free_text,
-    _token,
-    memento_structural_tag,
 )
+from memento_sglang.frontend.lark_grammar import lark_segment, memento_lark_grammar
+from memento_sglang.frontend.structural_tag import BlockBudget, _free_text, _token, memento_structural_tag
 from memento_sglang.frontend.trace import MementoTrace
+from memento_sglang.sglang_plugin import interpreter
+
+__all__ = ["EXTRA_FIELDS", "memento_block", "memento_gen", "memento_reasoning"]
 
 #: Sampling fields SGLang's frontend drops and `memento_gen` passes through.
 EXTRA_FIELDS = ("structural_tag", "custom_params", "skip_special_tokens", "no_stop_trim", "ebnf")
-EXTRA_ATTRIBUTE = "memento_extra"
-TRACE_ATTRIBUTE = "memento_trace"  # on a gen whose text is a whole trace
-TRACE_VARIABLES = ("trace", "blocks", "mementos", "answer")  # `name_<suffix>`
-Grammar = Literal["xgrammar", "llguidance"]  # the server's --grammar-backend
-END_OF_TURN = "<|im_end|>"  # a chat model may emit it after the answer
+Grammar = Literal["xgrammar", "llguidance"]  # the server's --grammar-backend (GRAMMAR_BACKENDS)
 
 
 def _ensure_hooks() -> None:
@@ -67,7 +64,7 @@ def memento_gen(name: str | None = None, **kwargs: Any) -> SglGen:
     if "max_tokens" in kwargs:
         kwargs["max_new_tokens"] = kwargs.pop("max_tokens")
     gen = SglGen(name, **kwargs)
-    setattr(gen.sampling_params, EXTRA_ATTRIBUTE, extra)
+    interpreter.attach_extra_fields(gen.sampling_params, extra)
     return gen
 
 
@@ -81,7 +78,7 @@ def _segment(budget: int, closer: str, grammar: Grammar) -> dict[str, str]:
 
 
 def _check_grammar(grammar: str) -> None:
-    if grammar not in ("xgrammar", "llguidance"):
+    if grammar not in GRAMMAR_BACKENDS:
         raise ValueError(
             f"grammar must be 'xgrammar' or 'llguidance' (the server's --grammar-backend), not {grammar!r}"
         )
@@ -157,7 +154,7 @@ def memento_reasoning(
     _check_grammar(grammar)
     budget = BlockBudget(max_block_tokens, max_memento_tokens)
     shape = budget if blocks is None else [budget] * blocks
-    options = {
+    options: dict[str, Any] = {
         "answer_tokens": answer_tokens, "in_think": in_think, "answer_regex": answer_regex,
         "answer_schema": answer_schema, "max_blocks": max_blocks,
     }  # fmt: skip
@@ -174,58 +171,23 @@ def memento_reasoning(
         per_block = max_block_tokens + max_memento_tokens + 4  # + its four delimiters
         gen_kwargs["max_new_tokens"] = 2 + count * per_block + (answer_tokens or 256)
     gen = memento_gen(name, **constraint, **gen_kwargs)
-    setattr(gen, TRACE_ATTRIBUTE, True)
+    interpreter.attach_result_variables(gen, _TraceVariables())
     return gen
 
 
-# --------------------------------------------------- hooks (registered in hooks.py)
+class _TraceVariables:
+    """`memento_reasoning`'s variables: the text parsed as a `MementoTrace`."""
 
+    SUFFIXES = ("trace", "blocks", "mementos", "answer")  # `name_<suffix>`
 
-def declare_trace_variables(result: Any, executor: Any, expr: Any, *args: Any, **kwargs: Any) -> None:
-    """AFTER `StreamExecutor._init_var_event`: reading `name_answer` etc. waits for the call."""
-    if getattr(expr, TRACE_ATTRIBUTE, False):
-        for suffix in TRACE_VARIABLES:
-            executor.variable_event[f"{expr.name}_{suffix}"] = threading.Event()
-            if executor.stream:
-                executor.stream_var_event[f"{expr.name}_{suffix}"] = threading.Event()
-    return None
+    def names(self, gen_name: str) -> tuple[str, ...]:
+        return tuple(f"{gen_name}_{suffix}" for suffix in self.SUFFIXES)
 
-
-def set_trace_variables(result: Any, executor: Any, expr: Any, *args: Any, **kwargs: Any) -> None:
-    """AFTER `StreamExecutor._execute_gen`: a `memento_reasoning` text becomes variables.
-
-    The events are set whatever happens, so a reader never waits forever; a malformed
-    text raises `MalformedTrace`, which fails the program like any interpreter error.
-    """
-    if not getattr(expr, TRACE_ATTRIBUTE, False):
-        return None
-    try:
-        text = executor.variables[expr.name]
-        stats = (executor.meta_info.get(expr.name) or {}).get("memento")
-        trace = MementoTrace.from_text(text.removesuffix(END_OF_TURN), stats=stats)
-        executor.variables.update({
-            f"{expr.name}_trace": trace,
-            f"{expr.name}_blocks": [b.text for b in trace.blocks],
-            f"{expr.name}_mementos": trace.mementos,
-            f"{expr.name}_answer": trace.answer,
-        })  # fmt: skip
-    finally:
-        for suffix in TRACE_VARIABLES:
-            executor.variable_event[f"{expr.name}_{suffix}"].set()
-            if executor.stream:
-                executor.stream_var_event[f"{expr.name}_{suffix}"].set()
-    return None
-
-
-def keep_extra_fields(result: Any, executor: Any, sampling_params: Any, *args: Any, **kwargs: Any) -> Any:
-    """AFTER `StreamExecutor._resolve_sampling_params`: the resolved copy keeps the extras."""
-    extra = getattr(sampling_params, EXTRA_ATTRIBUTE, None)
-    if extra:
-        setattr(result, EXTRA_ATTRIBUTE, dict(extra))
-    return None
-
-
-def send_extra_fields(result: dict, params: Any, *args: Any, **kwargs: Any) -> dict | None:
-    """AFTER `SglSamplingParams.to_srt_kwargs`: the extras go to the server as given."""
-    extra = getattr(params, EXTRA_ATTRIBUTE, None)
-    return {**result, **extra} if extra else None
+    def values(self, gen_name: str, text: str, meta_info: dict) -> dict[str, Any]:
+        trace = MementoTrace.from_text(text.removesuffix(END_OF_TURN), stats=meta_info.get("memento"))
+        return {
+            f"{gen_name}_trace": trace,
+            f"{gen_name}_blocks": [b.text for b in trace.blocks],
+            f"{gen_name}_mementos": trace.mementos,
+            f"{gen_name}_answer": trace.answer,
+        }

@@ -14,6 +14,8 @@ import json
 import re
 from collections.abc import Sequence
 
+from pydantic import BaseModel
+
 from memento_sglang.frontend.structural_tag import (
     BLOCK_END,
     BLOCK_START,
@@ -81,7 +83,9 @@ def memento_lark_grammar(
     if answer_regex is not None:
         answer = "/" + _UNESCAPED_SLASH.sub(r"\1\\/", answer_regex) + "/"
     elif answer_schema is not None:
-        schema = answer_schema.model_json_schema() if isinstance(answer_schema, type) else answer_schema
+        schema = answer_schema
+        if isinstance(answer_schema, type) and issubclass(answer_schema, BaseModel):
+            schema = answer_schema.model_json_schema()
         answer = "%json " + json.dumps(schema)
     else:
         answer = rules.text(answer_tokens)

@@ -14,11 +14,23 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-THINK, END_THINK = "<think>", "</think>"
-BLOCK_START, BLOCK_END = "<|block_start|>", "<|block_end|>"
-SUMMARY_START, SUMMARY_END = "<|summary_start|>", "<|summary_end|>"
-MEMENTO_TOKENS = (THINK, END_THINK, BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END)
-CHATML_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+from pydantic import BaseModel
+
+from memento_sglang.constants import (
+    BLOCK_END,
+    BLOCK_START,
+    CHATML_TOKENS,
+    END_THINK,
+    MEMENTO_TOKENS,
+    SUMMARY_END,
+    SUMMARY_START,
+    THINK,
+)
+
+__all__ = [
+    "BLOCK_END", "BLOCK_START", "CHATML_TOKENS", "END_THINK", "MEMENTO_TOKENS", "SUMMARY_END",
+    "SUMMARY_START", "THINK", "BlockBudget", "memento_structural_tag",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,7 @@ def _answer(
     if regex is not None:
         return {"type": "regex", "pattern": regex}
     if schema is not None:
-        if isinstance(schema, type):  # a pydantic model class
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
             schema = schema.model_json_schema()
         # bounded whitespace: a model may otherwise pad between JSON tokens forever
         return {"type": "json_schema", "json_schema": schema, "max_whitespace_cnt": 1}

@@ -13,18 +13,21 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from memento_sglang.frontend.structural_tag import (
+from memento_sglang.constants import (
     BLOCK_END,
     BLOCK_START,
     END_THINK,
+    MEMENTO_TOKENS,
     SUMMARY_END,
     SUMMARY_START,
     THINK,
 )
 from memento_sglang.sequence import MementoStats
+from memento_sglang.text import closed_mementos
 
-_DELIMITERS = (THINK, END_THINK, BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END)
-_SPLIT = re.compile("(" + "|".join(re.escape(d) for d in _DELIMITERS) + ")")
+__all__ = ["MalformedTrace", "MementoBlock", "MementoTrace", "closed_mementos"]
+
+_SPLIT = re.compile("(" + "|".join(re.escape(d) for d in MEMENTO_TOKENS) + ")")
 # what may follow each state: the grammar of `<think> (block memento)* </think> answer`
 _NEXT = {
     "start": (THINK, BLOCK_START, END_THINK),
@@ -36,17 +39,6 @@ _NEXT = {
     END_THINK: (),
 }
 _TEXT_ALLOWED = {BLOCK_START, SUMMARY_START, END_THINK}  # where free text belongs
-
-
-_CLOSED_MEMENTO = re.compile(re.escape(SUMMARY_START) + "(.*?)" + re.escape(SUMMARY_END), re.DOTALL)
-
-
-def closed_mementos(reasoning: str) -> list[str]:
-    """The mementos closed so far in (possibly unfinished) reasoning text, in order.
-
-    Lenient on purpose: a stream cut by a budget still reports what closed.
-    """
-    return _CLOSED_MEMENTO.findall(reasoning)
 
 
 class MalformedTrace(ValueError):
@@ -86,7 +78,7 @@ class MementoTrace(BaseModel):
     def from_text(cls, text: str, *, stats: dict | MementoStats | None = None) -> MementoTrace:
         """Parse generated text; `<think>` may be absent (the prompt opened it)."""
         pieces = [p for p in _SPLIT.split(text) if p != ""]
-        return cls._parse([(p, p if p in _DELIMITERS else None) for p in pieces], stats)
+        return cls._parse([(p, p if p in MEMENTO_TOKENS else None) for p in pieces], stats)
 
     @classmethod
     def from_token_ids(
@@ -99,10 +91,10 @@ class MementoTrace(BaseModel):
     ) -> MementoTrace:
         """Parse output ids: each delimiter must be its single id (`delimiter_ids` maps
         the six delimiter strings to ids); `decode` turns the ids between them into text."""
-        missing = set(_DELIMITERS) - set(delimiter_ids)
+        missing = set(MEMENTO_TOKENS) - set(delimiter_ids)
         if missing:
             raise ValueError(f"delimiter_ids lacks {sorted(missing)}")
-        by_id = {i: d for d, i in delimiter_ids.items() if d in _DELIMITERS}
+        by_id = {i: d for d, i in delimiter_ids.items() if d in MEMENTO_TOKENS}
         pieces: list[tuple[str, str | None]] = []
         run: list[int] = []
         for tid in ids:
@@ -122,7 +114,9 @@ class MementoTrace(BaseModel):
 
     @classmethod
     def _parse(cls, pieces: list[tuple[str, str | None]], stats: dict | MementoStats | None) -> MementoTrace:
-        state, blocks, texts, answer = "start", [], {}, ""
+        state, answer = "start", ""
+        blocks: list[MementoBlock] = []
+        texts: dict[str, str] = {}
         for n, (text, delimiter) in enumerate(pieces):
             where = f"piece {n}"
             if delimiter is None:

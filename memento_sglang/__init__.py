@@ -17,8 +17,8 @@ def _map_source_checkout_folders() -> None:
     Installed builds map them with setuptools `package-dir`. When this package is
     imported straight from a source checkout (repository root on `sys.path`, e.g.
     `python -m pytest`), the folders sit beside it instead, so the repository root
-    joins this package's search path (they have no `__init__.py` and can never
-    shadow the unrelated top-level `kernels` distribution that SGLang uses).
+    joins this package's search path (`kernels/` has no `__init__.py`, so it can
+    never shadow the unrelated top-level `kernels` distribution that SGLang uses).
     """
     here = _Path(__file__).parent
     root = here.parent
@@ -29,7 +29,27 @@ def _map_source_checkout_folders() -> None:
 
 _map_source_checkout_folders()
 
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
 from memento_sglang.config import MementoConfig, MementoConfigError  # noqa: E402
 from memento_sglang.sequence import MementoStats  # noqa: E402
 
-__all__ = ["MementoConfig", "MementoConfigError", "MementoStats", "__version__"]
+if TYPE_CHECKING:
+    from memento_sglang.engine import Engine
+    from memento_sglang.frontend.trace import MementoTrace
+
+__all__ = ["Engine", "MementoConfig", "MementoConfigError", "MementoStats", "MementoTrace", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """`Engine` and `MementoTrace` load on first use: the server's processes import this
+    package for the plugin and need neither SGLang's engine nor the front end."""
+    if name == "Engine":
+        from memento_sglang.engine import Engine
+
+        return Engine
+    if name == "MementoTrace":
+        from memento_sglang.frontend.trace import MementoTrace
+
+        return MementoTrace
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

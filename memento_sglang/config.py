@@ -16,6 +16,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from memento_sglang.constants import (
+    BLOCK_END,
+    BLOCK_START,
+    CHATML_TOKENS,
+    END_THINK,
+    SUMMARY_END,
+    SUMMARY_START,
+)
+
 #: Key under which a request carries its overrides in `sampling_params.custom_params`.
 CUSTOM_PARAMS_KEY = "memento"
 
@@ -59,12 +68,12 @@ class MementoConfig(BaseModel):
     prefill_mask_budget: int = Field(default=1 << 28, ge=1, le=(1 << 31) - 1)
     debug: bool = False
 
-    block_start_token: TokenRef = "<|block_start|>"
-    block_end_token: TokenRef = "<|block_end|>"
-    summary_start_token: TokenRef = "<|summary_start|>"
-    summary_end_token: TokenRef = "<|summary_end|>"
-    think_end_token: TokenRef = "</think>"
-    im_start_token: TokenRef = "<|im_start|>"
+    block_start_token: TokenRef = BLOCK_START
+    block_end_token: TokenRef = BLOCK_END
+    summary_start_token: TokenRef = SUMMARY_START
+    summary_end_token: TokenRef = SUMMARY_END
+    think_end_token: TokenRef = END_THINK
+    im_start_token: TokenRef = CHATML_TOKENS[0]
     #: the assistant role after `im_start_token`: one token, a list of tokens, or a string the
     #: tokenizer splits (SmolLM2's "ass" + "istant"), matched as a sequence
     assistant_token: TokenRef | list[TokenRef] = "assistant"

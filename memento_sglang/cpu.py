@@ -14,12 +14,14 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
+from memento_sglang.constants import CPU_ATTENTION_BACKEND
+
 STAND_IN_DIR = Path(__file__).resolve().parent / "_cpu_stubs"
 
 #: Flags added when absent (flag, value or None for a switch).
 CPU_SERVER_DEFAULTS: tuple[tuple[str, str | None], ...] = (
     ("--device", "cpu"),
-    ("--attention-backend", "torch_native"),
+    ("--attention-backend", CPU_ATTENTION_BACKEND),
     ("--disable-cuda-graph", None),
     ("--dtype", "float32"),
     # SGLang's scheduler polls when idle; on a few CPU cores that steals a core per server.

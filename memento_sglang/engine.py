@@ -12,12 +12,13 @@ import json
 from typing import Any
 
 from memento_sglang.config import MementoConfig
+from memento_sglang.constants import CPU_ATTENTION_BACKEND
 from memento_sglang.cpu import apply_cpu_environment, gpu_available
 
 #: `sgl.Engine` keyword arguments that the CPU defaults set when absent.
 CPU_ENGINE_DEFAULTS = {
     "device": "cpu",
-    "attention_backend": "torch_native",
+    "attention_backend": CPU_ATTENTION_BACKEND,
     "disable_cuda_graph": True,
     "dtype": "float32",
     "sleep_on_idle": True,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from memento_sglang.spans import EMPTY, SpanMap
 from memento_sglang.tracker import Eviction
 
 
@@ -34,19 +35,19 @@ class ExtendSegment:
 
 
 def extend_segments(
-    hidden: Iterable[Eviction], *, offset: int, prefix_len: int, extend_len: int
+    hidden: Iterable[Eviction], *, compacted: SpanMap = EMPTY, prefix_len: int, extend_len: int
 ) -> list[ExtendSegment] | None:
     """The extend's rows as segments, or None when plain causal attention is exact.
 
-    `offset` is logical minus physical for every slot and query involved (all
-    compacted spans precede them).
+    `compacted`: the spans already out of the row. They all precede the `hidden`
+    spans and the extend's queries, which thus all shift by the same offset.
     """
     kv_len = prefix_len + extend_len
-    first_query = offset + prefix_len  # logical position of the first extend query
+    first_query = compacted.to_logical(prefix_len)  # logical position of the first extend query
     last_query = first_query + extend_len - 1
     ranges: dict[int, list[tuple[int, int]]] = {}  # trigger -> physical ranges it hides
     for ev in hidden:
-        lo, hi = max(ev.start - offset, 0), min(ev.end - offset, kv_len)
+        lo, hi = compacted.to_physical(ev.start), min(compacted.to_physical(ev.end), kv_len)
         if ev.trigger < last_query and lo < hi:
             ranges.setdefault(ev.trigger, []).append((lo, hi))
     if not ranges:
@@ -86,13 +87,13 @@ def segments_to_dense(
 def extend_visibility(
     hidden: Iterable[Eviction],
     *,
-    offset: int,
+    compacted: SpanMap = EMPTY,
     prefix_len: int,
     extend_len: int,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor | None:
     """Dense form of `extend_segments` (None when plain causal attention is exact)."""
-    segments = extend_segments(hidden, offset=offset, prefix_len=prefix_len, extend_len=extend_len)
+    segments = extend_segments(hidden, compacted=compacted, prefix_len=prefix_len, extend_len=extend_len)
     if segments is None:
         return None
     return segments_to_dense(segments, prefix_len=prefix_len, extend_len=extend_len, device=device)

@@ -14,7 +14,7 @@ import hashlib
 from array import array
 from collections.abc import Sequence
 
-Span = tuple[int, int]  # logical [start, end)
+from memento_sglang.spans import SpanMap
 
 # Fingerprints live above every vocabulary (2^40) and fit an int64 key.
 FINGERPRINT_BASE = 1 << 40
@@ -32,19 +32,9 @@ def is_fingerprint(key_id: int) -> bool:
     return key_id >= FINGERPRINT_BASE
 
 
-def without_spans(ids: Sequence[int], spans: Sequence[Span]) -> array:
-    """The physical token ids: `ids` with the (sorted, disjoint) spans removed."""
-    out = array("q")
-    cursor = 0
-    for start, end in spans:
-        out.extend(ids[cursor:start])
-        cursor = end
-    out.extend(ids[cursor:])
-    return out
-
-
-def radix_key(ids: Sequence[int], spans: Sequence[Span], length: int | None = None) -> array:
-    """The tree key of the first `length` physical tokens (all when None)."""
+def radix_key(ids: Sequence[int], spans: SpanMap, length: int | None = None) -> array:
+    """The tree key of the first `length` physical tokens (all when None) of the row
+    that logical `ids` leave once `spans` are out."""
     out = array("q")
     cursor = 0
     for start, end in spans:
@@ -56,24 +46,3 @@ def radix_key(ids: Sequence[int], spans: Sequence[Span], length: int | None = No
         cursor = end + 1
     out.extend(ids[cursor:])
     return out if length is None else out[:length]
-
-
-def physical_index(logical: int, spans: Sequence[Span]) -> int:
-    """Physical index of a logical position that is not inside a span."""
-    return logical - sum(min(end, logical) - start for start, end in spans if start < logical)
-
-
-def physical_limit(logical_limit: int, spans: Sequence[Span]) -> int:
-    """The longest physical prefix covering at most `logical_limit` logical tokens.
-
-    Covering a span takes the slot after it (its fingerprint), so a limit inside
-    a span, or at its end, stops right before the span.
-    """
-    removed = 0
-    for start, end in spans:
-        if logical_limit <= start:
-            break
-        if logical_limit <= end:
-            return start - removed
-        removed += end - start
-    return logical_limit - removed

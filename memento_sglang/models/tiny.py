@@ -99,7 +99,7 @@ def _build_weights(dest: Path, *, vocab_size: int, seed: int, init_std: float, t
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(
+    config = Qwen3Config(  # type: ignore[call-arg]  # rope_theta, torch_dtype: kwargs of PretrainedConfig
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,

@@ -20,20 +20,23 @@ where SGLang estimates a request's future growth gets the same Memento estimate
 Where the estimate does not apply (no Memento, nothing learned yet, eviction off,
 restart_mode, after `</think>`) SGLang's own figure stands, and the Memento figure is
 never above SGLang's `min(remaining, CLIP)`. One estimator per scheduler process,
-behind `current()`.
+on its `MementoRuntime`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sglang.srt.managers import schedule_policy
 from sglang.srt.mem_cache.radix_cache import TreeNode
 
 from memento_sglang.growth import CycleStats, Growth, RunningRow, pooled_growth
 from memento_sglang.sequence import MementoSequence
+
+if TYPE_CHECKING:
+    from sglang.srt.managers.schedule_batch import Req
 
 
 class AdmissionEstimator:
@@ -46,7 +49,7 @@ class AdmissionEstimator:
         for cycle_tokens, evicted in seq.take_new_cycles():
             self.cycles.observe(cycle_tokens, evicted)
 
-    def growth(self, req: Any, seq: MementoSequence | None) -> Growth | None:
+    def growth(self, req: Req, seq: MementoSequence | None) -> Growth | None:
         """The request's future growth, at most SGLang's `min(remaining, CLIP)`; None where
         SGLang's own estimate applies."""
         if seq is None:
@@ -58,7 +61,7 @@ class AdmissionEstimator:
         stock = min(remaining, _STOCK_CLIP)
         return Growth(min(growth.open, stock), min(growth.total, stock), growth.rate)
 
-    def pooled_correction(self, reqs: list[Any], synced: Callable[[Any], MementoSequence | None]) -> float:
+    def pooled_correction(self, reqs: list[Req], synced: Callable[[Any], MementoSequence | None]) -> float:
         """How much less the running batch needs than the sum of its rows' bounds.
 
         SGLang sums one reservation per running request; Memento rows covered by the
@@ -81,7 +84,7 @@ class AdmissionEstimator:
             self.cycles.back_off()
 
 
-def _freed_at_finish(req: Any) -> int:
+def _freed_at_finish(req: Req) -> int:
     """Slots that are free or evictable once the request finishes: the part of its row
     outside the tree, and the tree nodes no other request holds (lock count 1)."""
     if not req.kv.holds_kv:
@@ -95,48 +98,13 @@ def _freed_at_finish(req: Any) -> int:
     return own
 
 
-_estimator: AdmissionEstimator | None = None
 _STOCK_CLIP = schedule_policy.CLIP_MAX_NEW_TOKENS
 
 
-def install() -> AdmissionEstimator:
-    global _estimator
-    if _estimator is None:
-        _estimator = AdmissionEstimator()
-    return _estimator
-
-
-def current() -> AdmissionEstimator | None:
-    return _estimator
-
-
-def observe(seq: MementoSequence) -> None:
-    if _estimator is not None:
-        _estimator.observe(seq)
-
-
-_bounds_held_depth = 0
-
-
-def on_retraction(seq: MementoSequence | None) -> None:
-    if _estimator is not None and _bounds_held_depth == 0:
-        _estimator.on_retraction(seq)
-
-
 @contextmanager
-def bounds_held() -> Iterator[None]:
-    """Releases within the block (priority preemption) are not bounds that failed: the
-    learned cycle bounds stay, so every reservation of the adder uses the same ones."""
-    global _bounds_held_depth
-    _bounds_held_depth += 1
-    try:
-        yield
-    finally:
-        _bounds_held_depth -= 1
-
-
-@contextmanager
-def estimate_scope(req: Any, seq: MementoSequence | None) -> Iterator[Growth | None]:
+def estimate_scope(
+    estimator: AdmissionEstimator, req: Req, seq: MementoSequence | None
+) -> Iterator[Growth | None]:
     """Within the block, SGLang's clip of this request's estimate is its Memento growth.
 
     `PrefillAdder.add_one_req`, `add_chunked_req` and `preempt_to_schedule` read the
@@ -144,7 +112,7 @@ def estimate_scope(req: Any, seq: MementoSequence | None) -> Iterator[Growth | N
     other request they look at goes through `running_reservation`, which restores the
     stock clip for its own figure).
     """
-    growth = _estimator.growth(req, seq) if _estimator is not None else None
+    growth = estimator.growth(req, seq)
     if growth is None:
         yield None
         return
@@ -166,11 +134,9 @@ def stock_clip() -> Iterator[None]:
         schedule_policy.CLIP_MAX_NEW_TOKENS = scoped
 
 
-def pooled_correction(reqs: list[Any], synced: Callable[[Any], MementoSequence | None]) -> float:
-    return 0.0 if _estimator is None else _estimator.pooled_correction(reqs, synced)
-
-
-def running_reservation(stock: float, req: Any, seq: MementoSequence | None) -> float:
+def running_reservation(
+    estimator: AdmissionEstimator, stock: float, req: Req, seq: MementoSequence | None
+) -> float:
     """A running request's reserved future KV.
 
     SGLang's `stock` offset is `min(remaining, CLIP) * new_token_ratio`: an expectation
@@ -179,5 +145,5 @@ def running_reservation(stock: float, req: Any, seq: MementoSequence | None) -> 
     whole: it is small enough that no bet is needed, so the pool is not over-committed
     and nothing is retracted while traces stay within the learned cycle bounds.
     """
-    growth = _estimator.growth(req, seq) if _estimator is not None else None
+    growth = estimator.growth(req, seq)
     return stock if growth is None else growth.total

@@ -1,10 +1,8 @@
 """Masked prefill: which forward needs a Memento mask, and the torch_native path (CPU).
 
 `scheduler.prepare_forward` stages a segment plan (`memento_sglang.masks`) for each
-request of an extend batch that must not see some of its own columns. SGLang's
-runners copy the ForwardBatch into static buffers (extra attributes do not survive),
-but `ForwardBatch.init_new` and that batch's forward run back to back in the
-scheduler thread, so plans are staged at init_new and read back by request id.
+request of an extend batch that must not see some of its own columns, on the
+runtime's `ForwardState` (read back here by request id).
 
 On torch_native, a batch with any plan runs every request through the segmented
 CPU flash path (`memento_sglang.kernels.segmented_attention`); batches without plans
@@ -18,30 +16,15 @@ from typing import Any
 from memento_sglang.kernels.batched_decode import batched_decode, fits
 from memento_sglang.kernels.segmented_attention import segmented_attention
 from memento_sglang.masks import ExtendSegment
-
-Plan = list[ExtendSegment]
+from memento_sglang.sglang_plugin import runtime
+from memento_sglang.sglang_plugin.runtime import Plan
 
 _ACTIVE = "_memento_active_plans"  # backend attribute during one forward_extend call
-_staged: dict[str, Plan] = {}
-
-
-def stage_plans(plans_by_rid: dict[str, Plan]) -> None:
-    """Called for every forward batch (empty when none of its requests needs a mask)."""
-    global _staged
-    _staged = plans_by_rid
-
-
-def plans_for(rids: list[str] | None) -> list[Plan | None] | None:
-    """The staged plans by batch index, or None when this forward needs no mask."""
-    if not _staged or not rids:
-        return None
-    plans = [_staged.get(rid) for rid in rids]
-    return plans if any(p is not None for p in plans) else None
 
 
 def with_batch_plans(original, backend, q, k, v, layer, forward_batch, *args, **kwargs):
     """AROUND torch_native `forward_extend`: expose this batch's plans to the SDPA loop."""
-    setattr(backend, _ACTIVE, plans_for(forward_batch.rids))
+    setattr(backend, _ACTIVE, runtime.current().forward.plans_for(forward_batch.rids))
     try:
         return original(backend, q, k, v, layer, forward_batch, *args, **kwargs)
     finally:

@@ -22,10 +22,9 @@ from sglang.srt.entrypoints.openai.protocol import (
 )
 from sglang.srt.parser.reasoning_parser import BaseReasoningFormatDetector, ReasoningParser
 
-from memento_sglang.frontend.structural_tag import END_THINK, SUMMARY_END, THINK
-from memento_sglang.frontend.trace import closed_mementos
+from memento_sglang.constants import CHATML_TOKENS, END_THINK, REASONING_PARSER, SUMMARY_END, THINK
+from memento_sglang.text import closed_mementos
 
-REASONING_PARSER = "memento"
 _SSE_DATA = "data: "
 
 
@@ -43,7 +42,7 @@ class MementoReasoningDetector(BaseReasoningFormatDetector):
         super().__init__(
             THINK,
             END_THINK,
-            think_excluded_tokens=["<|im_end|>", "<|endoftext|>"],
+            think_excluded_tokens=[t for t in CHATML_TOKENS if t != CHATML_TOKENS[0]],  # not <|im_start|>
             force_reasoning=force_reasoning,
             stream_reasoning=stream_reasoning,
             continue_final_message=continue_final_message,

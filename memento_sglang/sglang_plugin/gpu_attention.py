@@ -2,7 +2,7 @@
 
 Both take one flat boolean mask for the whole extend batch
 (`memento_sglang.kernels.extend_masks`), built only when a request of the batch has a
-staged plan (`attention.plans_for`); other batches run SGLang's code untouched.
+staged plan (`ForwardState.plans_for`); other batches run SGLang's code untouched.
 
 * FlashInfer: the ragged/paged split cannot mask the prefix part, so a masked batch
   is planned on the paged wrapper alone (as `SGLANG_FLASHINFER_USE_PAGED=1` does),
@@ -19,17 +19,16 @@ from typing import Any
 import torch
 
 from memento_sglang.kernels.extend_masks import flat_extend_masks
-from memento_sglang.sglang_plugin.attention import plans_for
+from memento_sglang.sglang_plugin import runtime
 
 _TRITON_ACTIVE = "_memento_mask_active"
-_flashinfer_pending: torch.Tensor | None = None  # the mask while a masked batch is planned
 
 
 def _batch_mask(forward_batch: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     mode = forward_batch.forward_mode
     if not mode.is_extend() or mode.is_target_verify():
         return None
-    plans = plans_for(forward_batch.rids)
+    plans = runtime.current().forward.plans_for(forward_batch.rids)
     if plans is None:
         return None
     return flat_extend_masks(
@@ -45,22 +44,23 @@ def _batch_mask(forward_batch: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 def flashinfer_plan_with_mask(original, backend, forward_batch, *args, **kwargs):
     """AROUND `FlashInferAttnBackend.init_forward_metadata`: paged-only + mask."""
-    global _flashinfer_pending
     built = _batch_mask(forward_batch)
     if built is None:
         return original(backend, forward_batch, *args, **kwargs)
+    state = runtime.current().forward
     use_paged = backend.use_paged
-    backend.use_paged, _flashinfer_pending = True, built[0]
+    backend.use_paged, state.flashinfer_mask = True, built[0]
     try:
         return original(backend, forward_batch, *args, **kwargs)
     finally:
-        backend.use_paged, _flashinfer_pending = use_paged, None
+        backend.use_paged, state.flashinfer_mask = use_paged, None
 
 
 def flashinfer_pass_mask(original, updater, *args, **kwargs):
     """AROUND `FlashInferIndicesUpdaterPrefill.call_begin_forward`: hand the mask over."""
-    if _flashinfer_pending is not None and kwargs.get("cross_attention_custom_mask") is None:
-        kwargs["cross_attention_custom_mask"] = _flashinfer_pending
+    pending = runtime.current().forward.flashinfer_mask
+    if pending is not None and kwargs.get("cross_attention_custom_mask") is None:
+        kwargs["cross_attention_custom_mask"] = pending
     return original(updater, *args, **kwargs)
 
 

@@ -16,17 +16,24 @@ from sglang.srt.managers.schedule_policy import AddReqResult
 from sglang.srt.plugins.hook_registry import HookType
 
 from memento_sglang.config import MementoConfigError
+from memento_sglang.constants import REASONING_PARSER
 from memento_sglang.sglang_plugin import (
     admission,
     attention,
     chat,
+    compaction,
+    forward,
     gpu_attention,
     grammar,
+    interpreter,
     mask_budget,
-    metrics,
-    scheduler,
+    requests,
+    runtime,
     settings,
+    streaming,
 )
+from memento_sglang.sglang_plugin.metrics import MementoMetrics
+from memento_sglang.sglang_plugin.runtime import MementoRuntime
 
 _SA = "sglang.srt.server_args.ServerArgs"
 _ENGINE = "sglang.srt.entrypoints.engine.Engine"
@@ -118,7 +125,7 @@ def reject_bad_request_config(result, self, *args, **kwargs):
         spec = self.memento_resolver.spec_for(params.custom_params)
     except MementoConfigError as exc:
         raise ValueError(str(exc)) from None
-    if spec is not None and (reason := scheduler.refused_mode(params)) is not None:
+    if spec is not None and (reason := requests.refused_mode(params)) is not None:
         raise ValueError(reason)
     return None
 
@@ -140,39 +147,45 @@ def report_memento_meta_info(original, self, meta_info, state, customized_info, 
 
 def install_in_scheduler(result, self, server_args, *args, **kwargs):
     """Resolve the server config once per scheduler; turn on delayed sampling if needed."""
-    self.memento_resolver = settings.make_resolver(
+    resolver = settings.make_resolver(
         server_args, self.tokenizer, self.model_config.vocab_size, self.model_config
     )
-    if self.memento_resolver.server_spec is not None and self.enable_overlap:
+    if resolver.server_spec is not None and self.enable_overlap:
         envs.SGLANG_ENABLE_DELAY_SAMPLE.set(True)
-    self.memento_masked_prefill = attention.can_mask(self.tp_worker.model_runner.attn_backend)
-    settings.check_prefill_masking(self.memento_resolver.server_spec, self.memento_masked_prefill)
-    metrics.install(self)
-    admission.install()
-    mask_budget.install(self.memento_resolver.server_config.prefill_mask_budget)
+    masked_prefill = attention.can_mask(self.tp_worker.model_runner.attn_backend)
+    settings.check_prefill_masking(resolver.server_spec, masked_prefill)
+    runtime.install(
+        MementoRuntime(
+            resolver=resolver,
+            masked_prefill=masked_prefill,
+            metrics=MementoMetrics.for_scheduler(self),
+            mask_budget=resolver.server_config.prefill_mask_budget,
+        )
+    )
 
 
 def stream_memento_stats(result, self, *args, **kwargs):
-    return scheduler.memento_streamer_class(result)
+    return streaming.memento_streamer_class(result)
 
 
 def attach_memento_state(req, self, recv_req, *args, **kwargs):
-    scheduler.attach(req, self.memento_resolver, self.tree_cache, masked_prefill=self.memento_masked_prefill)
+    rt = runtime.current()
+    requests.attach(req, rt.resolver, self.tree_cache, masked_prefill=rt.masked_prefill)
 
 
 def restart_then_compact(self, batch, *args, **kwargs):
     """Before SGLang checks decode memory: `restart_mode` requests whose memento just
     closed go back to prefill; the other due blocks leave their rows, so the check (and
     its retractions) sees the slots they free."""
-    scheduler.retract_for_restart(self, batch)
+    requests.retract_for_restart(self, batch)
     compact_before_admission(self, batch)
 
 
 def compact_before_admission(self, running_batch, *args, **kwargs):
     """Slots a closing block frees count for admission and for the decode memory check
     of this very step (both come after this), and lift SGLang's "batch is full" latch."""
-    with metrics.compaction_timer(count_step=False):
-        if scheduler.compact_running_batch(running_batch):
+    with runtime.current().metrics.compaction_timer(count_step=False):
+        if compaction.compact_running_batch(running_batch):
             running_batch.batch_is_full = False
 
 
@@ -189,12 +202,16 @@ def admit_chunk_with_memento_estimate(original, self, req, *args, **kwargs):
 
 
 def _admit(original, self, req, when_mask_full, continuing, *args, **kwargs):
-    seq = scheduler.synced(req)
+    seq = requests.synced(req)
     needs_mask = seq is not None and seq.masked_prefill and seq.has_due()
     limit = mask_budget.chunk_limit(self, req, needs_mask, continuing=continuing)
     if limit == 0:  # the batch's mask is full: the request waits for the next batch
         return when_mask_full
-    with admission.estimate_scope(req, seq) as growth, mask_budget.chunk_scope(self, req, limit, needs_mask):
+    estimator = runtime.current().admission
+    with (
+        admission.estimate_scope(estimator, req, seq) as growth,
+        mask_budget.chunk_scope(self, req, limit, needs_mask),
+    ):
         result = original(self, req, *args, **kwargs)
     if req in self.can_run_list:
         if seq is not None:
@@ -208,10 +225,11 @@ def preempt_with_memento_estimate(original, self, req, *args, **kwargs):
     """Priority preemption: Memento's estimate for `req`; preempted Memento rows keep their
     work; the rows left running are reserved together again (SGLang takes each preempted
     row's own bound off the budget, and the batch's joint reservation changes with it)."""
+    rt = runtime.current()
     with (
-        admission.estimate_scope(req, scheduler.synced(req)),
-        scheduler.memory_retraction(),
-        admission.bounds_held(),  # a preemption is no failed bound: no back-off mid-adder
+        admission.estimate_scope(rt.admission, req, requests.synced(req)),
+        rt.releases.for_memory(),
+        rt.releases.holding_bounds(),  # a preemption is no failed bound: no back-off mid-adder
     ):
         preempted = original(self, req, *args, **kwargs)
     if preempted:
@@ -223,7 +241,7 @@ def reserve_for_running_request(original, self, req, *args, **kwargs):
     """A running request's reserved growth: the bound of what it can still hold live."""
     with admission.stock_clip():
         stock = original(self, req, *args, **kwargs)
-    return admission.running_reservation(stock, req, scheduler.synced(req))
+    return admission.running_reservation(runtime.current().admission, stock, req, requests.synced(req))
 
 
 def reserve_for_running_batch(result, self, *args, **kwargs):
@@ -238,29 +256,29 @@ _POOLED = "_memento_pooled_correction"
 def _pool_running_reservations(adder) -> None:
     """Replace the sum of the running Memento rows' bounds in the adder's budget by their
     joint bound (the correction applied before, if any, is taken back first)."""
-    correction = admission.pooled_correction(adder.running_batch.reqs, scheduler.synced)
+    correction = runtime.current().admission.pooled_correction(adder.running_batch.reqs, requests.synced)
     adder.memory_budget.total_offset += correction - getattr(adder, _POOLED, 0.0)
     setattr(adder, _POOLED, correction)
 
 
 def retract_for_memory(original, self, *args, **kwargs):
     """SGLang's retraction on a full pool: the rows it releases keep their work."""
-    with scheduler.memory_retraction():
+    with runtime.current().releases.for_memory():
         return original(self, *args, **kwargs)
 
 
 def compact_before_decode(self, *args, **kwargs):
-    with metrics.compaction_timer():
-        scheduler.compact_running_batch(self)
+    with runtime.current().metrics.compaction_timer():
+        compaction.compact_running_batch(self)
 
 
 def logical_positions_and_masks(forward_batch, cls, batch, *args, **kwargs):
-    scheduler.prepare_forward(forward_batch, batch)
+    forward.prepare_forward(forward_batch, batch)
 
 
 def physical_fill_ids(original, self, *args, **kwargs):
-    """A tree-keyed request's fill ids are its row's ids (see scheduler.physical_fill_ids)."""
-    if not scheduler.physical_fill_ids(self):
+    """A tree-keyed request's fill ids are its row's ids (see requests.physical_fill_ids)."""
+    if not requests.physical_fill_ids(self):
         original(self, *args, **kwargs)
 
 
@@ -268,26 +286,25 @@ def compact_before_release(req, tree_cache, *args, checkpoint=False, **kwargs):
     """A row reaches the Memento tree with its closed blocks compacted. SGLang releases a
     retracted row without caching it; a Memento row retracted to make room goes into the
     tree too, so its re-admission reuses its mementos (`keeps_work_on_retraction`)."""
-    keep = not checkpoint and scheduler.keeps_work_on_retraction(req, tree_cache)
-    scheduler.compact_before_release(req, tree_cache, checkpoint=checkpoint or keep)
+    keep = not checkpoint and requests.keeps_work_on_retraction(req, tree_cache)
+    compaction.compact_before_release(req, tree_cache, checkpoint=checkpoint or keep)
     return ((req, tree_cache, *args), {**kwargs, "checkpoint": True}) if keep else None
 
 
 def cap_cached_prefix(max_prefix_len, self, *args, **kwargs):
     """Never reuse cached KV past the first query that must not see a prompt block."""
-    return scheduler.cap_prefix_match(self, max_prefix_len)
+    return requests.cap_prefix_match(self, max_prefix_len)
 
 
 def reset_after_retraction(result, self, *args, **kwargs):
-    if (m := metrics.current()) is not None:
-        m.retracted_output_tokens.inc(len(self.output_ids))
-    if scheduler.in_memory_retraction():
-        admission.on_retraction(scheduler.sequence_of(self))
-    scheduler.on_row_released(self)
+    rt = runtime.current()
+    rt.metrics.retracted_output_tokens.inc(len(self.output_ids))
+    rt.on_retraction(requests.sequence_of(self))
+    requests.on_row_released(self)
 
 
 def enforce_block_budget(self, logits_output, forward_batch, *args, **kwargs):
-    scheduler.force_block_ends(logits_output, forward_batch)
+    forward.force_block_ends(logits_output, forward_batch)
 
 
 # ------------------------------------------------------ OpenAI-compatible chat
@@ -295,13 +312,13 @@ def enforce_block_budget(self, logits_output, forward_batch, *args, **kwargs):
 
 def keep_memento_delimiters(result, self, request, *args, **kwargs):
     """Delimiters stay in chat text (the `memento` reasoning parser only)."""
-    if self.reasoning_parser == chat.REASONING_PARSER:
+    if self.reasoning_parser == REASONING_PARSER:
         chat.keep_delimiters(request)
 
 
 def chat_response_with_mementos(result, self, *args, **kwargs):
     """`message.mementos` on every choice (the `memento` reasoning parser only)."""
-    if self.reasoning_parser != chat.REASONING_PARSER:
+    if self.reasoning_parser != REASONING_PARSER:
         return None
     return chat.with_mementos(result)
 
@@ -309,7 +326,7 @@ def chat_response_with_mementos(result, self, *args, **kwargs):
 def chat_stream_with_mementos(original, self, *args, **kwargs):
     """`delta.mementos` in the chunk where a memento closes (the `memento` parser only)."""
     chunks = original(self, *args, **kwargs)
-    if self.reasoning_parser != chat.REASONING_PARSER:
+    if self.reasoning_parser != REASONING_PARSER:
         return chunks
     return chat.stream_with_mementos(chunks)
 
@@ -319,28 +336,20 @@ def chat_stream_with_mementos(original, self, *args, **kwargs):
 
 def keep_dsl_extra_fields(result, self, sampling_params, *args, **kwargs):
     """`memento_gen` fields (structural_tag, custom_params, ...) survive the interpreter."""
-    from memento_sglang.frontend import dsl
-
-    return dsl.keep_extra_fields(result, self, sampling_params)
+    interpreter.keep_extra_fields(result, sampling_params)
 
 
 def send_dsl_extra_fields(result, self, *args, **kwargs):
-    from memento_sglang.frontend import dsl
-
-    return dsl.send_extra_fields(result, self)
+    return interpreter.send_extra_fields(result, self)
 
 
-def dsl_declare_trace_variables(result, self, expr, *args, **kwargs):
-    from memento_sglang.frontend import dsl
-
-    return dsl.declare_trace_variables(result, self, expr)
+def dsl_declare_result_variables(result, self, expr, *args, **kwargs):
+    interpreter.declare_result_variables(self, expr)
 
 
-def dsl_trace_variables(result, self, expr, *args, **kwargs):
+def dsl_set_result_variables(result, self, expr, *args, **kwargs):
     """`memento_reasoning` sets its blocks, mementos and answer as program variables."""
-    from memento_sglang.frontend import dsl
-
-    return dsl.set_trace_variables(result, self, expr)
+    interpreter.set_result_variables(self, expr)
 
 
 def uncached_token_level_tags(result, self, *args, **kwargs):
@@ -395,6 +404,6 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec(f"{_CHAT}._generate_chat_stream", chat_stream_with_mementos, H.AROUND),
     HookSpec(f"{_INTERPRETER}._resolve_sampling_params", keep_dsl_extra_fields, H.AFTER),
     HookSpec("sglang.lang.ir.SglSamplingParams.to_srt_kwargs", send_dsl_extra_fields, H.AFTER),
-    HookSpec(f"{_INTERPRETER}._init_var_event", dsl_declare_trace_variables, H.AFTER),
-    HookSpec(f"{_INTERPRETER}._execute_gen", dsl_trace_variables, H.AFTER),
+    HookSpec(f"{_INTERPRETER}._init_var_event", dsl_declare_result_variables, H.AFTER),
+    HookSpec(f"{_INTERPRETER}._execute_gen", dsl_set_result_variables, H.AFTER),
 )

@@ -14,24 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from memento_sglang.kernels.extend_masks import largest_chunk, mask_entries
+from memento_sglang.sglang_plugin import runtime
 
-_budget: int | None = None  # the server's `prefill_mask_budget`, once installed
-
-
-def install(budget: int) -> None:
-    """Once per scheduler process, from the server's Memento config."""
-    global _budget
-    _budget = budget
-
+if TYPE_CHECKING:
+    from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.managers.schedule_policy import PrefillAdder
 
 _ENTRIES = "_memento_mask_entries"  # mask entries of the requests admitted into the batch
 _MASKED = "_memento_batch_masked"  # whether one of them needs a Memento mask
 
 
-def chunk_limit(adder: Any, req: Any, needs_mask: bool, *, continuing: bool = False) -> int | None:
+def chunk_limit(adder: PrefillAdder, req: Req, needs_mask: bool, *, continuing: bool = False) -> int | None:
     """How many new tokens `req` may prefill in `adder`'s batch; None: no Memento limit.
 
     The limit applies once the batch holds a masked request (or `req` is one): requests
@@ -41,14 +37,15 @@ def chunk_limit(adder: Any, req: Any, needs_mask: bool, *, continuing: bool = Fa
     first request always gets at least one token, so a prompt makes progress.
     """
     unchunked_continuation = continuing and adder.rem_chunk_tokens is None
-    if _budget is None or not (needs_mask or unchunked_continuation or getattr(adder, _MASKED, False)):
+    budget = runtime.current().mask_budget
+    if budget is None or not (needs_mask or unchunked_continuation or getattr(adder, _MASKED, False)):
         return None
-    limit = largest_chunk(req.prefix_len, _budget - getattr(adder, _ENTRIES, 0))
+    limit = largest_chunk(req.prefix_len, budget - getattr(adder, _ENTRIES, 0))
     return max(limit, 1) if not adder.can_run_list else limit
 
 
 @contextmanager
-def chunk_scope(adder: Any, req: Any, limit: int | None, needs_mask: bool) -> Iterator[None]:
+def chunk_scope(adder: PrefillAdder, req: Req, limit: int | None, needs_mask: bool) -> Iterator[None]:
     """Within the block, SGLang's chunk budget is at most `limit`; afterwards it is what it
     was less what the admitted chunk used, and the batch's mask entries are counted.
 
@@ -73,7 +70,7 @@ def chunk_scope(adder: Any, req: Any, limit: int | None, needs_mask: bool) -> It
             setattr(adder, _MASKED, True)
 
 
-def _still_chunked(adder: Any, req: Any) -> bool:
+def _still_chunked(adder: PrefillAdder, req: Req) -> bool:
     """A chunk admitted into the batch short of the prompt's end."""
     end = req.extend_end
     return req in adder.can_run_list and end is not None and end < len(req.full_untruncated_fill_ids)

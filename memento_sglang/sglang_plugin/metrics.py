@@ -24,12 +24,29 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+
+
+class _Inert:
+    """Stands in for a counter or gauge on a rank that reports no metrics."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+
+_INERT = _Inert()
 
 
 @dataclass(frozen=True)
 class MementoMetrics:
+    """The plugin's counters; `disabled()` has the same fields and records nothing, so
+    callers never check whether metrics are on."""
+
+    enabled: bool
     blocks_closed: Any
     blocks_evicted: Any
     tokens_evicted: Any
@@ -59,6 +76,7 @@ class MementoMetrics:
             multiprocess_mode="mostrecent",
         ).labels(**labels)
         return cls(
+            enabled=True,
             blocks_closed=counter("blocks_closed", "Mementos closed (prompt blocks included)."),
             blocks_evicted=counter("blocks_evicted", "Blocks compacted out of KV rows."),
             tokens_evicted=counter("tokens_evicted", "KV slots removed from rows by compaction."),
@@ -84,32 +102,29 @@ class MementoMetrics:
             ),
         )
 
+    @classmethod
+    def disabled(cls) -> MementoMetrics:
+        names = [f.name for f in fields(cls) if f.name != "enabled"]
+        return cls(enabled=False, **dict.fromkeys(names, _INERT))
 
-_metrics: MementoMetrics | None = None
+    @classmethod
+    def for_scheduler(cls, scheduler: Any) -> MementoMetrics:
+        """The counters of a scheduler that reports metrics (its stats rank only)."""
+        collector = getattr(scheduler, "metrics_collector", None)
+        context = getattr(scheduler, "metrics_collector_context", None)
+        reporting = context is not None and context.current_scheduler_metrics_enabled  # one rank of TP
+        if collector is None or not reporting:
+            return cls.disabled()
+        return cls.create(dict(collector.labels))
 
-
-def install(scheduler: Any) -> None:
-    """Create the counters in a scheduler that reports metrics (its stats rank only)."""
-    global _metrics
-    collector = getattr(scheduler, "metrics_collector", None)
-    context = getattr(scheduler, "metrics_collector_context", None)
-    reporting = context is not None and context.current_scheduler_metrics_enabled  # one rank of TP
-    if collector is not None and reporting and _metrics is None:
-        _metrics = MementoMetrics.create(dict(collector.labels))
-
-
-def current() -> MementoMetrics | None:
-    return _metrics
-
-
-@contextmanager
-def compaction_timer(*, count_step: bool = True) -> Iterator[None]:
-    """Time compaction (nothing to do when metrics are off); `count_step`: a decode step's."""
-    if _metrics is None:
+    @contextmanager
+    def compaction_timer(self, *, count_step: bool = True) -> Iterator[None]:
+        """Time compaction (nothing to do when metrics are off); `count_step`: a decode step's."""
+        if not self.enabled:
+            yield
+            return
+        start = time.perf_counter()
         yield
-        return
-    start = time.perf_counter()
-    yield
-    _metrics.compaction_seconds.inc(time.perf_counter() - start)
-    if count_step:
-        _metrics.decode_steps.inc()
+        self.compaction_seconds.inc(time.perf_counter() - start)
+        if count_step:
+            self.decode_steps.inc()

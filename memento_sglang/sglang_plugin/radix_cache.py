@@ -25,11 +25,12 @@ from typing import Any
 from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult
 from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
 
+from memento_sglang.constants import RADIX_CACHE_BACKEND, MementoStartupError
 from memento_sglang.sequence import MementoSequence
 
 logger = logging.getLogger("memento_sglang")
 
-BACKEND_NAME = "memento"
+BACKEND_NAME = RADIX_CACHE_BACKEND
 
 
 def keyed_sequence(req: Any) -> MementoSequence | None:
@@ -178,8 +179,6 @@ class MementoRadixCache(RadixCache):
 
 def factory(ctx: Any) -> MementoRadixCache:
     """`--radix-cache-backend memento` (registered by the plugin)."""
-    from memento_sglang.sglang_plugin.settings import MementoStartupError
-
     if ctx.is_hybrid_swa or ctx.is_hybrid_ssm or ctx.enable_hierarchical_cache:
         raise MementoStartupError(
             "the Memento radix cache serves full-attention models without hierarchical "

@@ -14,22 +14,19 @@ from typing import Any
 from sglang.srt.environ import envs
 
 from memento_sglang.config import MementoConfig, MementoConfigError
+from memento_sglang.constants import (
+    MASKING_BACKENDS,
+    RADIX_CACHE_BACKEND,
+    REASONING_PARSER,
+    MementoStartupError,
+)
 from memento_sglang.cpu import gpu_available
 from memento_sglang.resolver import ConfigResolver, server_config_text, tokenizer_encoder, tokenizer_vocab
 
 ATTRIBUTE = "_memento_config"
 FLAG = "--memento-config"
 
-# Prefill backends that apply a Memento mask (see attention.py, gpu_attention.py).
-MASKING_BACKENDS = ("flashinfer", "triton", "torch_native")
-GPU_DEFAULT_BACKEND = "flashinfer"
-
-
-class MementoStartupError(SystemExit):
-    """A server configuration Memento cannot serve; stops the launch with the reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"memento-sglang: {reason}")
+GPU_DEFAULT_BACKEND = MASKING_BACKENDS[0]
 
 
 def parse_flag(text: str) -> str:
@@ -92,9 +89,7 @@ def radix_cache_choice(raw_config: str | None, cache: dict[str, Any]) -> dict[st
     `--disable-radix-cache` or HiCache wins."""
     if server_config_text(raw_config) is None or any(cache.values()):
         return {}
-    from memento_sglang.sglang_plugin.radix_cache import BACKEND_NAME
-
-    return {"radix_cache_backend": BACKEND_NAME}
+    return {"radix_cache_backend": RADIX_CACHE_BACKEND}
 
 
 def reasoning_parser_choice(raw_config: str | None, current: str | None) -> dict[str, str]:
@@ -102,8 +97,6 @@ def reasoning_parser_choice(raw_config: str | None, current: str | None) -> dict
     (delimiters kept, `mementos` added); an explicit `--reasoning-parser` wins."""
     if raw_config is None or current:
         return {}
-    from memento_sglang.sglang_plugin.chat import REASONING_PARSER
-
     return {"reasoning_parser": REASONING_PARSER}
 
 
@@ -155,14 +148,13 @@ def _untested_mode(server_args: Any) -> str | None:
 
 def _prefix_cache_reason(server_args: Any) -> str | None:
     """Memento rows are cached by the Memento radix cache, or not at all."""
-    from memento_sglang.sglang_plugin.radix_cache import BACKEND_NAME
-
     backend = getattr(server_args, "radix_cache_backend", None)
-    if getattr(server_args, "disable_radix_cache", False) or backend == BACKEND_NAME:
+    if getattr(server_args, "disable_radix_cache", False) or backend == RADIX_CACHE_BACKEND:
         return None
     return (
         f"the prefix cache is {backend or 'SGLang default radix tree'}; Memento needs "
-        f"--radix-cache-backend {BACKEND_NAME} (the default with --memento-config) or --disable-radix-cache"
+        f"--radix-cache-backend {RADIX_CACHE_BACKEND} (the default with --memento-config) "
+        "or --disable-radix-cache"
     )
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.triton_case import EXTEND_LENS, PLANS, PREFIX_LENS
-from support.triton_case import max_error as triton_max_error
 
 from memento_sglang.kernels.extend_masks import flat_extend_masks
 from memento_sglang.kernels.segmented_attention import dense_reference
 from memento_sglang.masks import ExtendSegment
+from tests.support.triton_case import EXTEND_LENS, PLANS, PREFIX_LENS
+from tests.support.triton_case import max_error as triton_max_error
 
 pytestmark = [
     pytest.mark.gpu,

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from support.client import SERVER_DEFAULT, assert_matches_reference, chat_prompt, memento_body
+
+from memento_sglang.sglang_plugin.server_log import decode_steps
+from tests.support.client import SERVER_DEFAULT, assert_matches_reference, chat_prompt, memento_body
 
 pytestmark = pytest.mark.server
 
@@ -34,8 +36,8 @@ def send_together(server, bodies: list[dict]) -> tuple[list[dict], int]:
     log_start = len(server.log_text())
     with ThreadPoolExecutor(len(bodies)) as pool:
         outs = list(pool.map(server.generate, bodies))
-    running = re.findall(r"Decode batch, #running-req: (\d+)", server.log_text()[log_start:])
-    return outs, max(map(int, running))
+    running = [r for r, _ in decode_steps(server.log_text()[log_start:])]
+    return outs, max(running)
 
 
 def test_admission_runs_more_requests_under_pressure_and_stays_exact(
@@ -113,8 +115,8 @@ def test_priority_preemption_of_memento_requests_is_exact(priority_server, defau
         waiting = [pool.submit(server.generate, {**body, "priority": 0}) for body in low]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # send it while several low-priority rows decode
-            running = re.findall(r"Decode batch, #running-req: (\d+)", server.log_text()[log_start:])
-            if running and int(running[-1]) >= 2:
+            running = [r for r, _ in decode_steps(server.log_text()[log_start:])]
+            if running and running[-1] >= 2:
                 break
             time.sleep(0.02)
         first = pool.submit(server.generate, {**urgent, "priority": 100}).result()

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from support.client import chat_prompt, memento_body
-from support.server import ServerProcess, ServerSpec
+
+from tests.support.client import chat_prompt, memento_body
+from tests.support.server import ServerProcess, ServerSpec
 
 pytestmark = pytest.mark.server
 

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+
+from benchmarks import compaction_overhead as overhead
+from benchmarks import kv_profile as kv
+from benchmarks import masked_prefill as masked
+from benchmarks import prefix_sharing as sharing
+from benchmarks import throughput
 
 pytestmark = pytest.mark.server
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_kv_profile_live_equals_theory_at_every_step(default_server, tokenizer, tmp_path):
-    kv = _load("kv_profile")
     shape = kv.TraceShape(blocks=3, block_tokens=8, memento_tokens=2, answer_tokens=2)
     result = kv.run(default_server.url, tokenizer, shape, tmp_path)
     assert result["live_over_theoretical"] == {"memento": [1.0, 1.0], "no_eviction": [1.0, 1.0]}
@@ -38,7 +29,6 @@ def test_kv_profile_live_equals_theory_at_every_step(default_server, tokenizer, 
 
 
 def test_compaction_overhead_counts_steps_and_time(default_server, tokenizer):
-    overhead = _load("compaction_overhead")
     shape = {"blocks": 2, "block_tokens": 6, "memento_tokens": 2}
     evicting = overhead.measure(default_server.url, tokenizer, 3, True, **shape)
     keeping = overhead.measure(default_server.url, tokenizer, 3, False, **shape)
@@ -49,7 +39,6 @@ def test_compaction_overhead_counts_steps_and_time(default_server, tokenizer):
 
 
 def test_prefix_sharing_forks_reuse_the_memento_state(default_server, tokenizer):
-    sharing = _load("prefix_sharing")
     shape = {"closed_blocks": 2, "block_tokens": 8, "memento_tokens": 2, "new_block_tokens": 3}
     workload = sharing.Workload(forks=3, **shape)
     row = sharing.run(default_server.url, default_server.log_text, tokenizer, workload, memento=True)
@@ -61,7 +50,6 @@ def test_prefix_sharing_forks_reuse_the_memento_state(default_server, tokenizer)
 
 
 def test_throughput_runs_the_same_work_in_every_mode(default_server, tokenizer, tmp_path):
-    throughput = _load("throughput")
     shape = throughput.kv_profile.TraceShape(blocks=2, block_tokens=6, memento_tokens=2, answer_tokens=2)
     every = []
     for kind in ("sync", "staggered"):
@@ -80,7 +68,6 @@ def test_throughput_runs_the_same_work_in_every_mode(default_server, tokenizer, 
 
 
 def test_masked_prefill_builds_closed_blocks_and_times_both_modes(plain_server, tokenizer, token_ids):
-    masked = _load("masked_prefill")
     ids = masked.build_prompt(tokenizer, 300, 3)
     assert 280 <= len(ids) <= 300 and ids.count(token_ids.summary_end) == 3
     for memento in (True, False):  # a server without a radix cache: every repeat prefills

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from support.client import chat_prompt
 
 from memento_sglang.frontend.trace import MementoTrace
+from tests.support.client import chat_prompt
 
 pytestmark = pytest.mark.server
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 from llguidance import LLMatcher
-from support.client import SERVER_DEFAULT, chat_prompt, memento_body
-from support.mask_rule import visible_matrix
 
 from memento_sglang.frontend.lark_grammar import memento_lark_grammar
 from memento_sglang.frontend.structural_tag import MEMENTO_TOKENS, BlockBudget
 from memento_sglang.frontend.trace import MementoTrace
+from tests.support.client import SERVER_DEFAULT, chat_prompt, memento_body
+from tests.support.mask_rule import visible_matrix
 
 pytestmark = pytest.mark.server
 

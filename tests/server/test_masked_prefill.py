@@ -6,7 +6,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support.client import (
+
+from tests.support.client import (
     CHUNKED_MASK_BUDGET,
     SERVER_DEFAULT,
     assert_matches_reference,
@@ -16,7 +17,7 @@ from support.client import (
     prompt_with_closed_blocks,
     run_and_check,
 )
-from support.mask_rule import visible_matrix
+from tests.support.mask_rule import visible_matrix
 
 pytestmark = pytest.mark.server
 

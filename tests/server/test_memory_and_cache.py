@@ -8,7 +8,8 @@ import time
 
 import pytest
 import requests
-from support.client import chat_prompt, memento_body
+
+from tests.support.client import chat_prompt, memento_body
 
 pytestmark = pytest.mark.server
 

@@ -6,7 +6,8 @@ import re
 
 import pytest
 import requests
-from support.client import chat_prompt, memento_body, opt_in
+
+from tests.support.client import chat_prompt, memento_body, opt_in
 
 pytestmark = pytest.mark.server
 

@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from support.client import (
+
+from tests.support.client import (
     SERVER_DEFAULT,
     assert_matches_reference,
     chat_prompt,
@@ -14,7 +15,7 @@ from support.client import (
     prompt_with_closed_blocks,
     rule_of,
 )
-from support.mask_rule import visible_matrix
+from tests.support.mask_rule import visible_matrix
 
 pytestmark = pytest.mark.server
 

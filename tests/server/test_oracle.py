@@ -5,7 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support.client import (
+
+from tests.support.client import (
     SERVER_DEFAULT,
     assert_matches_reference,
     chat_prompt,

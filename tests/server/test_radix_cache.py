@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from support.client import (
+
+from tests.support.client import (
     SERVER_DEFAULT,
     assert_matches_reference,
     chat_prompt,
@@ -20,7 +21,7 @@ from support.client import (
     opt_in,
     prompt_with_closed_blocks,
 )
-from support.mask_rule import hidden_spans
+from tests.support.mask_rule import hidden_spans
 
 pytestmark = pytest.mark.server
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from support.client import SERVER_DEFAULT, assert_matches_reference, chat_prompt, expected_stats, memento_body
-from support.oracle import MementoReference
 
 from memento_sglang.config import MementoConfig
 from memento_sglang.models.smollm2 import SMOLLM2_MEMENTO_CONFIG, smollm2_model_path
 from memento_sglang.models.tiny import SPECIAL_TOKENS
+from tests.support.client import (
+    SERVER_DEFAULT,
+    assert_matches_reference,
+    chat_prompt,
+    expected_stats,
+    memento_body,
+)
+from tests.support.oracle import MementoReference
 
 pytestmark = pytest.mark.server
 

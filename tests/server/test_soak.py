@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from support.client import chat_prompt, memento_body, prompt_with_closed_blocks
+
+from tests.support.client import chat_prompt, memento_body, prompt_with_closed_blocks
 
 pytestmark = pytest.mark.server
 

@@ -7,10 +7,10 @@ from typing import Literal
 
 import pytest
 from pydantic import BaseModel
-from support.client import chat_prompt, memento_body, opt_in
 
 from memento_sglang.frontend.structural_tag import MEMENTO_TOKENS, BlockBudget, memento_structural_tag
 from memento_sglang.frontend.trace import MementoTrace
+from tests.support.client import chat_prompt, memento_body, opt_in
 
 pytestmark = pytest.mark.server
 

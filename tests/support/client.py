@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from support.mask_rule import hidden_spans, visible_matrix
-
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
+from tests.support.mask_rule import hidden_spans, visible_matrix
 
 
 def chat_prompt(tokenizer, user_text: str) -> list[int]:

@@ -8,11 +8,11 @@ CUDA directly by the GPU tests.
 from __future__ import annotations
 
 import torch
-from support.synthetic import evictions
 
 from memento_sglang.kernels.extend_masks import flat_extend_masks, largest_chunk
 from memento_sglang.kernels.segmented_attention import dense_reference
 from memento_sglang.masks import ExtendSegment, extend_segments
+from tests.support.synthetic import evictions
 
 # request 0: 6 cached prefix tokens with a block at [1, 4) that rows 3.. of the 10 new
 # tokens must not see, and a second block [7, 9) hidden from row 8 on;
@@ -80,7 +80,7 @@ def chunked_max_error(budget: int, device: str = "cpu", heads: int = 4, kv_heads
     chunks, largest_mask, prefix = [], 0, 0
     while prefix < n:
         extend = min(n - prefix, max(1, largest_chunk(prefix, budget)))
-        plan = extend_segments(spans, offset=0, prefix_len=prefix, extend_len=extend)
+        plan = extend_segments(spans, prefix_len=prefix, extend_len=extend)
         mask, mask_indptr = flat_extend_masks([plan], [prefix], [extend], device=device)
         largest_mask = max(largest_mask, mask.numel())
         rows = slice(prefix, prefix + extend)
@@ -94,7 +94,7 @@ def chunked_max_error(budget: int, device: str = "cpu", heads: int = 4, kv_heads
         )  # fmt: skip
         chunks.append(extend)
         prefix += extend
-    whole = extend_segments(spans, offset=0, prefix_len=0, extend_len=n)
+    whole = extend_segments(spans, prefix_len=0, extend_len=n)
     ki, vi = k_buffer.movedim(0, 1).cpu(), v_buffer.movedim(0, 1).cpu()
     want = dense_reference(q.movedim(0, 1).cpu(), ki, vi, whole, prefix_len=0)
     return (want - out.movedim(0, 1).cpu()).abs().max().item(), chunks, largest_mask

@@ -5,10 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-from support.synthetic import BE, spec, tokens
 
 from memento_sglang.sequence import MementoSequence
-from memento_sglang.sglang_plugin.scheduler import BUDGET_ROWS, STATE, force_block_ends
+from memento_sglang.sglang_plugin.forward import BUDGET_ROWS, force_block_ends
+from memento_sglang.sglang_plugin.requests import STATE
+from tests.support.synthetic import BE, spec, tokens
 
 
 def request(output: str) -> SimpleNamespace:

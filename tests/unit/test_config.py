@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from support.synthetic import VOCAB
 
 from memento_sglang.config import MementoConfig, MementoConfigError
 from memento_sglang.resolver import ConfigResolver
+from tests.support.synthetic import VOCAB
 
 
 def test_defaults_follow_the_reference():

@@ -12,10 +12,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.synthetic import eviction_rows
 
 from memento_sglang.kernels.extend_masks import flat_extend_masks, largest_chunk, mask_entries
 from memento_sglang.masks import extend_visibility
+from tests.support.synthetic import eviction_rows
 
 
 @settings(max_examples=100, deadline=None)
@@ -26,10 +26,10 @@ def test_flat_layout_is_each_dense_mask_row_major(batch):
     plans, prefixes, extends, dense = [], [], [], []
     for spans, kv_len, prefix in batch:
         extend = kv_len - prefix
-        plans.append(extend_segments(spans, offset=0, prefix_len=prefix, extend_len=extend))
+        plans.append(extend_segments(spans, prefix_len=prefix, extend_len=extend))
         prefixes.append(prefix)
         extends.append(extend)
-        mask = extend_visibility(spans, offset=0, prefix_len=prefix, extend_len=extend)
+        mask = extend_visibility(spans, prefix_len=prefix, extend_len=extend)
         if mask is None:  # plain causal rows
             mask = torch.tril(torch.ones(kv_len, kv_len, dtype=torch.bool))[prefix:]
         dense.append(mask)
@@ -44,10 +44,10 @@ def test_triton_extend_kernel_with_memento_mask_under_interpreter():
 
     Also shows the prefix columns need the mask: SGLang's default skips it there.
     """
-    tests_dir = Path(__file__).resolve().parents[1]
+    repo_root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "support.triton_case"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tests_dir, timeout=600)
+    cmd = [sys.executable, "-m", "tests.support.triton_case"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo_root, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = re.search(r"max_abs_err=(\S+) without_prefix_mask=(\S+)", done.stdout)
     assert float(found.group(1)) < 1e-5

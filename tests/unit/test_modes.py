@@ -13,7 +13,7 @@ from memento_sglang.config import MementoConfig, MementoConfigError
 from memento_sglang.models.tiny import tiny_model_path
 from memento_sglang.resolver import ConfigResolver
 from memento_sglang.sglang_plugin import settings
-from memento_sglang.sglang_plugin.scheduler import refused_mode
+from memento_sglang.sglang_plugin.requests import refused_mode
 
 
 def server_args(**overrides) -> SimpleNamespace:
@@ -146,10 +146,10 @@ def test_restart_mode_without_a_masking_prefill_refuses_to_start():
 def test_no_mask_is_staged_for_a_backend_that_cannot_mask():
     """After a retraction, the re-prefill of a row on such a backend gets no mask (a window
     wrapper's trimmed keys would misalign it)."""
-    from support.synthetic import spec, tokens
-
     from memento_sglang.sequence import MementoSequence
-    from memento_sglang.sglang_plugin.scheduler import STATE, _extend_plans
+    from memento_sglang.sglang_plugin.forward import extend_plans
+    from memento_sglang.sglang_plugin.requests import STATE
+    from tests.support.synthetic import spec, tokens
 
     def batch_of(masked: bool) -> SimpleNamespace:
         seq = MementoSequence(spec(mask_delimiters=False), tokens("A"), evict_prompt_blocks=masked)
@@ -159,5 +159,5 @@ def test_no_mask_is_staged_for_a_backend_that_cannot_mask():
         req = SimpleNamespace(**{STATE: seq, "rid": "r"})
         return SimpleNamespace(reqs=[req], prefix_lens=[0], extend_lens=[seq.total_len])
 
-    assert _extend_plans(batch_of(masked=True))
-    assert _extend_plans(batch_of(masked=False)) == {}
+    assert extend_plans(batch_of(masked=True))
+    assert extend_plans(batch_of(masked=False)) == {}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.synthetic import BS, SE, spec, tokens
 
-from memento_sglang.radix_keys import fingerprint, is_fingerprint, radix_key, without_spans
+from memento_sglang.radix_keys import fingerprint, is_fingerprint, radix_key
 from memento_sglang.sequence import MementoSequence
+from memento_sglang.spans import EMPTY, SpanMap
+from tests.support.synthetic import BS, SE, spec, tokens
 
 # "A [ w w ] ( s ) [ w w w ] ( s s ) w": positions
 #  0 1 | 2 3 4 5 | 6 7 8 | 9 10 11 12 13 | 14 15 16 17 | 18
@@ -20,13 +21,13 @@ def prompt_sequence(text: str = TRACE, **options) -> MementoSequence:
 
 def test_key_replaces_the_token_after_each_span_by_a_fingerprint():
     ids = tokens(TRACE)
-    spans = [(3, 5), (10, 13)]
+    spans = SpanMap(((3, 5), (10, 13)))
     key = radix_key(ids, spans)
-    assert len(key) == len(without_spans(ids, spans)) == len(ids) - 5
+    assert len(key) == len(spans.strip(ids)) == len(ids) - 5
     assert [i for i, k in enumerate(key) if is_fingerprint(k)] == [3, 8]
     assert key[3] == fingerprint(ids[3:5], ids[5])
     assert radix_key(ids, spans, 7) == key[:7]
-    assert list(radix_key(ids, [])) == list(without_spans(ids, [])) == tokens(TRACE)
+    assert list(radix_key(ids, EMPTY)) == list(EMPTY.strip(ids)) == tokens(TRACE)
 
 
 CONTENT = st.lists(st.integers(50, 60), min_size=1, max_size=6)
@@ -38,8 +39,8 @@ def test_different_evicted_content_gives_different_keys(a, b):
     """The memento after a block attended to it: other content must be another key."""
     head = tokens("A [")
     tail = tokens("] ( s ) w")
-    key_a = radix_key(head + a + tail, [(len(head), len(head) + len(a))])
-    key_b = radix_key(head + b + tail, [(len(head), len(head) + len(b))])
+    key_a = radix_key(head + a + tail, EMPTY.with_span(len(head), len(head) + len(a)))
+    key_b = radix_key(head + b + tail, EMPTY.with_span(len(head), len(head) + len(b)))
     assert (key_a == key_b) == (a == b)
 
 
@@ -50,7 +51,7 @@ def test_full_match_covers_every_closed_block_but_the_last_query():
     assert cut == len(key) - 1  # everything but `w`, whose logits the request needs
     assert seq.map.spans == ((3, 5), (10, 13)) and not seq.has_due()
     assert seq.stats().reused_blocks == 2 and seq.stats().reused_prompt_tokens == 18
-    assert list(seq.physical_ids()) == list(without_spans(tokens(TRACE), [(3, 5), (10, 13)]))
+    assert list(seq.physical_ids()) == list(SpanMap(((3, 5), (10, 13))).strip(tokens(TRACE)))
 
 
 def test_a_cut_inside_a_memento_falls_back_to_its_block():
@@ -90,8 +91,8 @@ def test_insert_limit_stops_at_an_unsettled_block():
     assert seq.insert_limit() == 5  # its memento is not: it changes when the block leaves
     seq.on_output_tokens(tokens(")"))
     assert seq.insert_limit() == 5  # decided, not compacted yet
-    seq.take_due(100)
-    seq.map.add(3, 5)
+    (ev,) = seq.take_due(100)
+    assert seq.apply_eviction(ev) == (3, 5)
     assert seq.insert_limit() == seq.total_len - 2
 
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.synthetic import eviction_rows, evictions
 
 from memento_sglang.kernels.segmented_attention import dense_reference, segmented_attention
 from memento_sglang.masks import extend_segments
+from tests.support.synthetic import eviction_rows, evictions
 
 
 @settings(max_examples=150, deadline=None)
 @given(layout=eviction_rows(), group=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**16))
 def test_segmented_equals_dense_masked_sdpa(layout, group, seed):
     spans, kv_len, prefix = layout
-    segments = extend_segments(spans, offset=0, prefix_len=prefix, extend_len=kv_len - prefix)
+    segments = extend_segments(spans, prefix_len=prefix, extend_len=kv_len - prefix)
     if segments is None:
         return
     gen = torch.Generator().manual_seed(seed)
@@ -30,7 +30,7 @@ def test_segmented_equals_dense_masked_sdpa(layout, group, seed):
 
 def test_hidden_columns_have_no_influence():
     """Changing the values of hidden columns changes nothing for the rows that hide them."""
-    segments = extend_segments(evictions([(2, 6, 8)]), offset=0, prefix_len=0, extend_len=14)
+    segments = extend_segments(evictions([(2, 6, 8)]), prefix_len=0, extend_len=14)
     q, k, v = torch.randn(4, 14, 8), torch.randn(2, 14, 8), torch.randn(2, 14, 8)
     before = segmented_attention(q, k, v, segments, prefix_len=0)
     k2, v2 = k.clone(), v.clone()

@@ -5,21 +5,22 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.mask_rule import visible_matrix
-from support.synthetic import spec, tokens
 
 from memento_sglang.growth import CycleBounds, Growth
-from memento_sglang.sequence import EvictionMap, MementoSequence
+from memento_sglang.sequence import MementoSequence
+from memento_sglang.spans import EMPTY
+from tests.support.mask_rule import visible_matrix
+from tests.support.synthetic import spec, tokens
 
 
-def test_eviction_map_physical_indices():
-    m = EvictionMap()
-    assert m.add(5, 10) == (5, 10)
-    assert m.add(20, 23) == (15, 18)
+def test_span_map_physical_indices():
+    m = EMPTY.with_span(5, 10)
+    assert m.to_physical(20) == 15
+    m = m.with_span(20, 23)
     assert m.evicted_tokens == 8
     assert [m.to_physical(i) for i in (0, 4, 10, 19, 23, 30)] == [0, 4, 5, 14, 15, 22]
     with pytest.raises(ValueError):
-        m.add(21, 22)
+        m.with_span(21, 22)
 
 
 def test_due_only_once_trigger_kv_is_in_the_row():
@@ -33,6 +34,20 @@ def test_due_only_once_trigger_kv_is_in_the_row():
     assert not seq.has_due() and seq.take_due(100) == []
 
 
+def test_due_in_a_compacted_row_counts_physical_slots():
+    seq = MementoSequence(spec(mask_delimiters=False), tokens("A"))
+    seq.on_output_tokens(tokens("[ w w ] ( s ) [ w ] ( s )"))
+    (first,) = seq.take_due(9)
+    assert seq.apply_eviction(first) == (first.start, first.end)  # physical before removal
+    assert seq.map.spans == ((first.start, first.end),) and seq.position_offset == first.size
+    second = seq.due_evictions()[0]
+    row_len = second.trigger - first.size  # the trigger's own slot is not in the row yet
+    assert seq.take_due_in_row(row_len) == []
+    assert seq.take_due_at_release(row_len) == [second]  # the last token triggers it
+    start, end = seq.apply_eviction(second)
+    assert (start, end) == (second.start - first.size, second.end - first.size)
+
+
 def test_prompt_closed_blocks_are_kept():
     seq = MementoSequence(spec(mask_delimiters=False), tokens("A [ w ] ( s )"))
     assert len(seq.tracker.closed_blocks) == 1 and not seq.has_due()
@@ -42,7 +57,7 @@ def test_row_release_requeues_applied_evictions():
     seq = MementoSequence(spec(mask_delimiters=False), tokens("A"))
     seq.on_output_tokens(tokens("[ w ] ( s ) [ w w ] ( s )"))
     for ev in seq.take_due(100):
-        seq.map.add(ev.start, ev.end)
+        seq.apply_eviction(ev)
     assert seq.position_offset == 3
     seq.on_row_released()
     assert seq.position_offset == 0

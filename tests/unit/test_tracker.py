@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.mask_rule import visible_matrix
-from support.synthetic import ASSISTANT, BE, BS, IM, SE, SS, TE, USER, spec, tokens
 
 from memento_sglang.tracker import AnomalyKind, BlockTracker, Phase
+from tests.support.mask_rule import visible_matrix
+from tests.support.synthetic import ASSISTANT, BE, BS, IM, SE, SS, TE, USER, spec, tokens
 
 W = 50  # an ordinary word
 

@@ -1,0 +1,159 @@
+"""Scheduler side, compaction: closed blocks leave their KV rows, zero copy.
+
+A span is due once its trigger token's KV slot is in the row and that token has been
+processed; the first query that no longer sees the block is the one right after the
+trigger, in both overlap and non-overlap scheduling. Compaction shifts the row's
+slot indices left over the span (`kernels.row_compaction`), frees the slots the
+request owns, and shortens the row's lengths; KV itself never moves.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from memento_sglang.kernels.row_compaction import shift_row_left
+from memento_sglang.sequence import MementoSequence
+from memento_sglang.sglang_plugin import runtime
+from memento_sglang.sglang_plugin.requests import sequence_of, synced
+from memento_sglang.tracker import Eviction
+
+if TYPE_CHECKING:
+    from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+    from sglang.srt.mem_cache.base_prefix_cache import BasePrefixCache
+
+logger = logging.getLogger("memento_sglang")
+
+
+def compact_running_batch(batch: ScheduleBatch) -> int:
+    """Evict every due block of a running batch and fix its length tensors; return the
+    slots removed from rows. Runs before admission and again before the decode step
+    (idempotent)."""
+    removed: list[tuple[int, int]] = []
+    for i, req in enumerate(batch.reqs):
+        seq = synced(req)
+        # restart_mode: a memento that just closed is recomputed by a re-prefill first
+        # (retract_for_restart, which runs right after this before a decode step)
+        if seq is None or not seq.has_due() or seq.needs_restart():
+            continue
+        due = seq.take_due_in_row(req.kv.kv_allocated_len)
+        if due:
+            row = _Row(req, batch.req_to_token_pool, batch.token_to_kv_pool_allocator, batch.tree_cache)
+            removed.append((i, _compact_row(row, seq, due)))
+    saved = sum(s.position_offset for r in batch.reqs if (s := sequence_of(r)) is not None)
+    runtime.current().metrics.kv_tokens_saved.set(saved)
+    if removed:
+        _shorten_batch_lengths(batch, removed)
+    return sum(n for _, n in removed)
+
+
+def compact_before_release(req: Req, tree_cache: BasePrefixCache, *, checkpoint: bool) -> None:
+    """Before a row is released: a row bound for the Memento tree first compacts the
+    blocks whose memento closed since the last decode step (so the tree gets the
+    mementos keyed); then the row's last shape goes into the stats."""
+    seq = synced(req)
+    if seq is None or not req.kv.holds_kv:
+        return
+    # restart_mode: a memento that closed without its re-prefill has KV computed with its
+    # block visible; it stays due, so insert_limit keeps it out of the tree.
+    if checkpoint and seq.radix_keyed and seq.has_due() and not seq.needs_restart():
+        due = seq.take_due_at_release(req.kv.kv_committed_len)
+        if due:
+            row = _Row(req, tree_cache.req_to_token_pool, tree_cache.token_to_kv_pool_allocator, tree_cache)
+            _compact_row(row, seq, due)
+    observe_row(req, seq)
+    if req.finished():
+        _report_admission_error(seq)
+
+
+def observe_row(req: Req, seq: MementoSequence) -> None:
+    """Tell the sequence how its KV row splits between the tree and the request."""
+    if req.kv.holds_kv:
+        protected = req.kv.cache_protected_len
+        seq.observe_row(protected, req.kv.kv_allocated_len - protected)
+
+
+# ------------------------------------------------------------------ one row
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A request's KV row and the SGLang structures that own its slots."""
+
+    req: Req
+    req_to_token_pool: Any
+    allocator: Any
+    tree_cache: BasePrefixCache
+
+
+def _compact_row(row: _Row, seq: MementoSequence, due: list[Eviction]) -> int:
+    """Take each due span out of the request's row; return the slots removed.
+
+    Slots in `[0, cache_protected_len)` belong to the radix tree and are not freed
+    here; the Memento tree lets go of a block it holds (and frees it if no one else
+    needs it).
+    """
+    removed = sum(_evict_span(row, seq, ev) for ev in due)
+    # The row no longer pairs logical ids with their KV slots one to one; a stock
+    # radix tree would be poisoned by inserting it (the prompt stays cached).
+    if not seq.radix_keyed:
+        row.req.skip_radix_cache_insert = True
+    return removed
+
+
+def _evict_span(row: _Row, seq: MementoSequence, ev: Eviction) -> int:
+    req = row.req
+    start, end = seq.apply_eviction(ev)  # the span's slots in the row, before removal
+    metrics = runtime.current().metrics
+    if seq.radix_keyed:
+        metrics.tree_tokens_evicted.inc(row.tree_cache.release_block(req, start, end))
+    kv = req.kv
+    length, protected = kv.kv_allocated_len, kv.cache_protected_len
+    owned_from = max(start, protected)
+    removed_slots = shift_row_left(row.req_to_token_pool.req_to_token, kv.req_pool_idx, start, end, length)
+    if owned_from < end:
+        row.allocator.free(removed_slots[owned_from - start :])
+    n = end - start
+    kv.cache_protected_len = protected - max(0, min(end, protected) - start)
+    kv.kv_committed_len -= n
+    kv.kv_allocated_len -= n
+    metrics.blocks_evicted.inc()
+    metrics.tokens_evicted.inc(n)
+    if seq.spec.config.debug:
+        freed = max(0, end - owned_from)
+        logger.info(
+            "[memento] rid=%s evicted logical [%d, %d) (block %d, trigger %d): "
+            "kv %d -> %d tokens, %d freed, %d tree-owned",
+            req.rid, ev.start, ev.end, ev.block.index, ev.trigger,
+            length, kv.kv_allocated_len, freed, n - freed,
+        )  # fmt: skip
+    return n
+
+
+def _shorten_batch_lengths(batch: ScheduleBatch, removed: list[tuple[int, int]]) -> None:
+    """The batch's length tensors lose what each row lost."""
+    # Rows past len(reqs) are the previous step's beam tail (Memento-off beam members).
+    delta_cpu = torch.zeros(batch.seq_lens_cpu.shape[0], dtype=batch.seq_lens_cpu.dtype)
+    for i, n in removed:
+        delta_cpu[i] = n
+    # Out of place: an in-flight forward of the overlap scheduler aliases these.
+    batch.seq_lens = batch.seq_lens - delta_cpu.to(batch.seq_lens.device, batch.seq_lens.dtype)
+    batch.seq_lens_cpu = batch.seq_lens_cpu - delta_cpu
+    if batch.orig_seq_lens is not None:
+        batch.orig_seq_lens = batch.orig_seq_lens - delta_cpu.to(
+            batch.orig_seq_lens.device, batch.orig_seq_lens.dtype
+        )
+    batch.seq_lens_sum = None
+
+
+def _report_admission_error(seq: MementoSequence) -> None:
+    """A finished request admitted on the Memento bound: what was reserved, what it used."""
+    stats = seq.stats()
+    if stats.admission_growth_bound is None or seq.admission_error is None:
+        return
+    metrics = runtime.current().metrics
+    metrics.admission_bound_tokens.inc(stats.admission_growth_bound)
+    metrics.admission_growth_tokens.inc(stats.admission_growth_bound - seq.admission_error)

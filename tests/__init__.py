@@ -1,0 +1,1 @@
+"""The test suite; `tests.support` is the harness that tests and benchmarks import."""
