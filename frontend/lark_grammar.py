@@ -14,8 +14,6 @@ import json
 import re
 from collections.abc import Sequence
 
-from pydantic import BaseModel
-
 from memento_sglang.frontend.structural_tag import (
     BLOCK_END,
     BLOCK_START,
@@ -24,6 +22,7 @@ from memento_sglang.frontend.structural_tag import (
     SUMMARY_START,
     THINK,
     BlockBudget,
+    json_schema_of,
 )
 
 _TEXT = r"/(.|\n)*/"
@@ -83,9 +82,7 @@ def memento_lark_grammar(
     if answer_regex is not None:
         answer = "/" + _UNESCAPED_SLASH.sub(r"\1\\/", answer_regex) + "/"
     elif answer_schema is not None:
-        schema = answer_schema
-        if isinstance(answer_schema, type) and issubclass(answer_schema, BaseModel):
-            schema = answer_schema.model_json_schema()
+        schema = json_schema_of(answer_schema)
         answer = "%json " + json.dumps(schema)
     else:
         answer = rules.text(answer_tokens)

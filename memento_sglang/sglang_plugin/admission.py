@@ -42,17 +42,21 @@ if TYPE_CHECKING:
 class AdmissionEstimator:
     """Cycles the model closed on this server, and each request's future KV growth from them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, learning: bool = True) -> None:
+        #: False outside a scheduler: nothing is learned, SGLang's own estimate applies
+        self.learning = learning
         self.cycles = CycleStats()
 
     def observe(self, seq: MementoSequence) -> None:
+        if not self.learning:
+            return
         for cycle_tokens, evicted in seq.take_new_cycles():
             self.cycles.observe(cycle_tokens, evicted)
 
     def growth(self, req: Req, seq: MementoSequence | None) -> Growth | None:
         """The request's future growth, at most SGLang's `min(remaining, CLIP)`; None where
         SGLang's own estimate applies."""
-        if seq is None:
+        if seq is None or not self.learning:
             return None
         remaining = max(req.sampling_params.max_new_tokens - len(req.output_ids), 0)
         growth = seq.future_growth(remaining, self.cycles.bounds())

@@ -1,6 +1,6 @@
 """Masked prefill: which forward needs a Memento mask, and the torch_native path (CPU).
 
-`scheduler.prepare_forward` stages a segment plan (`memento_sglang.masks`) for each
+`forward.prepare_forward` stages a segment plan (`memento_sglang.masks`) for each
 request of an extend batch that must not see some of its own columns, on the
 runtime's `ForwardState` (read back here by request id).
 

@@ -18,7 +18,7 @@ import torch
 from memento_sglang.kernels.row_compaction import shift_row_left
 from memento_sglang.sequence import MementoSequence
 from memento_sglang.sglang_plugin import runtime
-from memento_sglang.sglang_plugin.requests import sequence_of, synced
+from memento_sglang.sglang_plugin.request_state import sequence_of, synced
 from memento_sglang.tracker import Eviction
 
 if TYPE_CHECKING:

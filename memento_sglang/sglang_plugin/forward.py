@@ -15,7 +15,7 @@ import torch
 from memento_sglang.kernels.extend_masks import mask_entries
 from memento_sglang.masks import extend_segments
 from memento_sglang.sglang_plugin import runtime
-from memento_sglang.sglang_plugin.requests import sequence_of, synced
+from memento_sglang.sglang_plugin.request_state import sequence_of, synced
 from memento_sglang.sglang_plugin.runtime import Plan
 
 if TYPE_CHECKING:

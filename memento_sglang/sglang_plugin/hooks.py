@@ -27,7 +27,7 @@ from memento_sglang.sglang_plugin import (
     grammar,
     interpreter,
     mask_budget,
-    requests,
+    request_state,
     runtime,
     settings,
     streaming,
@@ -125,7 +125,8 @@ def reject_bad_request_config(result, self, *args, **kwargs):
         spec = self.memento_resolver.spec_for(params.custom_params)
     except MementoConfigError as exc:
         raise ValueError(str(exc)) from None
-    if spec is not None and (reason := requests.refused_mode(params)) is not None:
+    grammar_backend = getattr(self.server_args, "grammar_backend", None)
+    if spec is not None and (reason := request_state.refused_mode(params, grammar_backend)) is not None:
         raise ValueError(reason)
     return None
 
@@ -170,14 +171,14 @@ def stream_memento_stats(result, self, *args, **kwargs):
 
 def attach_memento_state(req, self, recv_req, *args, **kwargs):
     rt = runtime.current()
-    requests.attach(req, rt.resolver, self.tree_cache, masked_prefill=rt.masked_prefill)
+    request_state.attach(req, rt.resolver, self.tree_cache, masked_prefill=rt.masked_prefill)
 
 
 def restart_then_compact(self, batch, *args, **kwargs):
     """Before SGLang checks decode memory: `restart_mode` requests whose memento just
     closed go back to prefill; the other due blocks leave their rows, so the check (and
     its retractions) sees the slots they free."""
-    requests.retract_for_restart(self, batch)
+    request_state.retract_for_restart(self, batch)
     compact_before_admission(self, batch)
 
 
@@ -202,7 +203,7 @@ def admit_chunk_with_memento_estimate(original, self, req, *args, **kwargs):
 
 
 def _admit(original, self, req, when_mask_full, continuing, *args, **kwargs):
-    seq = requests.synced(req)
+    seq = request_state.synced(req)
     needs_mask = seq is not None and seq.masked_prefill and seq.has_due()
     limit = mask_budget.chunk_limit(self, req, needs_mask, continuing=continuing)
     if limit == 0:  # the batch's mask is full: the request waits for the next batch
@@ -227,7 +228,7 @@ def preempt_with_memento_estimate(original, self, req, *args, **kwargs):
     row's own bound off the budget, and the batch's joint reservation changes with it)."""
     rt = runtime.current()
     with (
-        admission.estimate_scope(rt.admission, req, requests.synced(req)),
+        admission.estimate_scope(rt.admission, req, request_state.synced(req)),
         rt.releases.for_memory(),
         rt.releases.holding_bounds(),  # a preemption is no failed bound: no back-off mid-adder
     ):
@@ -241,7 +242,7 @@ def reserve_for_running_request(original, self, req, *args, **kwargs):
     """A running request's reserved growth: the bound of what it can still hold live."""
     with admission.stock_clip():
         stock = original(self, req, *args, **kwargs)
-    return admission.running_reservation(runtime.current().admission, stock, req, requests.synced(req))
+    return admission.running_reservation(runtime.current().admission, stock, req, request_state.synced(req))
 
 
 def reserve_for_running_batch(result, self, *args, **kwargs):
@@ -256,7 +257,7 @@ _POOLED = "_memento_pooled_correction"
 def _pool_running_reservations(adder) -> None:
     """Replace the sum of the running Memento rows' bounds in the adder's budget by their
     joint bound (the correction applied before, if any, is taken back first)."""
-    correction = runtime.current().admission.pooled_correction(adder.running_batch.reqs, requests.synced)
+    correction = runtime.current().admission.pooled_correction(adder.running_batch.reqs, request_state.synced)
     adder.memory_budget.total_offset += correction - getattr(adder, _POOLED, 0.0)
     setattr(adder, _POOLED, correction)
 
@@ -277,8 +278,8 @@ def logical_positions_and_masks(forward_batch, cls, batch, *args, **kwargs):
 
 
 def physical_fill_ids(original, self, *args, **kwargs):
-    """A tree-keyed request's fill ids are its row's ids (see requests.physical_fill_ids)."""
-    if not requests.physical_fill_ids(self):
+    """A tree-keyed request's fill ids are its row's ids (see request_state.physical_fill_ids)."""
+    if not request_state.physical_fill_ids(self):
         original(self, *args, **kwargs)
 
 
@@ -286,21 +287,21 @@ def compact_before_release(req, tree_cache, *args, checkpoint=False, **kwargs):
     """A row reaches the Memento tree with its closed blocks compacted. SGLang releases a
     retracted row without caching it; a Memento row retracted to make room goes into the
     tree too, so its re-admission reuses its mementos (`keeps_work_on_retraction`)."""
-    keep = not checkpoint and requests.keeps_work_on_retraction(req, tree_cache)
+    keep = not checkpoint and request_state.keeps_work_on_retraction(req, tree_cache)
     compaction.compact_before_release(req, tree_cache, checkpoint=checkpoint or keep)
     return ((req, tree_cache, *args), {**kwargs, "checkpoint": True}) if keep else None
 
 
 def cap_cached_prefix(max_prefix_len, self, *args, **kwargs):
     """Never reuse cached KV past the first query that must not see a prompt block."""
-    return requests.cap_prefix_match(self, max_prefix_len)
+    return request_state.cap_prefix_match(self, max_prefix_len)
 
 
 def reset_after_retraction(result, self, *args, **kwargs):
     rt = runtime.current()
     rt.metrics.retracted_output_tokens.inc(len(self.output_ids))
-    rt.on_retraction(requests.sequence_of(self))
-    requests.on_row_released(self)
+    rt.on_retraction(request_state.sequence_of(self))
+    request_state.on_row_released(self)
 
 
 def enforce_block_budget(self, logits_output, forward_batch, *args, **kwargs):

@@ -12,7 +12,8 @@ one `MementoRuntime`, created when the scheduler starts (`install`, from
   SGLang's releases (`ReleaseScope`).
 
 Outside a scheduler (launcher, tokenizer manager, unit tests) `current()` is an
-inert runtime: no config, no metrics, nothing staged.
+inert runtime: no config, no metrics, an estimator that learns nothing (SGLang's own
+estimate applies), no mask budget.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class MementoRuntime:
             self.admission.on_retraction(seq)
 
 
-_runtime = MementoRuntime()
+_runtime = MementoRuntime(admission=AdmissionEstimator(learning=False))
 
 
 def install(runtime: MementoRuntime) -> MementoRuntime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from memento_sglang.sglang_plugin.compaction import observe_row
-from memento_sglang.sglang_plugin.requests import synced
+from memento_sglang.sglang_plugin.request_state import synced
 
 
 def memento_streamer_class(base: type) -> type:

@@ -99,3 +99,38 @@ def test_dsl_one_call_and_blocks_on_llguidance(llguidance_server, tokenizer):
     assert state.get_meta_info("b")["completion_tokens"] <= 4 + 1  # + its closing delimiter
     assert state.get_meta_info("b_memento")["completion_tokens"] <= 2 + 1
     assert MementoTrace.from_text(state.text()[len(question) :] + "</think>").blocks[0].text == state["b"]
+
+
+# ------------------------------------------------------------------------- outlines
+
+
+@pytest.mark.parametrize("kind", ["structural_tag", "ebnf"])
+def test_outlines_refuses_the_memento_structure_with_a_clear_error(kind, outlines_server, tokenizer):
+    """outlines compiles neither structural tags nor EBNF, and its regex guides match text, which
+    ordinary tokens can spell: a Memento request with the structure is a 400 naming the backends
+    that emit each delimiter as its single id (not SGLang's bare "failed to compile" abort)."""
+    body = memento_body(chat_prompt(tokenizer, "Add the primes"), SHAPE)
+    if kind == "ebnf":
+        body = lark_body(chat_prompt(tokenizer, "Add the primes"))
+    r = outlines_server.post("/generate", body)
+    assert r.status_code == 400, r.text
+    assert kind in r.text and "xgrammar or llguidance" in r.text and "outlines" in r.text
+    plain = {"input_ids": chat_prompt(tokenizer, "Hi"), "sampling_params": {"max_new_tokens": 4}}
+    assert outlines_server.generate(plain)["meta_info"]["completion_tokens"] == 4  # still serving
+
+
+def test_the_data_pipelines_json_stage_runs_on_outlines(outlines_server):
+    """Boundary scoring (a JSON answer whose list has exactly the window's length) through
+    `sgl.gen(regex=...)` on outlines: every window gets exactly its count."""
+    from memento_sglang.data.llm import ServerTarget, StructuredLLM, connect
+    from memento_sglang.data.score import score_boundaries
+
+    sentences = [f"Step {i}: add {i} and {i + 1} to get {2 * i + 1}. " for i in range(20)]
+    completer = connect(ServerTarget(url=outlines_server.url))
+    try:
+        scores = score_boundaries(StructuredLLM(completer), sentences, window=8)
+    finally:
+        completer.close()
+    assert len(scores.scores) == len(sentences) - 1
+    assert all(s in (0.0, 1.0, 2.0, 3.0) for s in scores.scores)
+    assert [n for _, n in scores.windows] and sum(n for _, n in scores.windows) == len(sentences) - 1

@@ -8,7 +8,7 @@ import torch
 
 from memento_sglang.sequence import MementoSequence
 from memento_sglang.sglang_plugin.forward import BUDGET_ROWS, force_block_ends
-from memento_sglang.sglang_plugin.requests import STATE
+from memento_sglang.sglang_plugin.request_state import STATE
 from tests.support.synthetic import BE, spec, tokens
 
 

@@ -13,7 +13,7 @@ from memento_sglang.config import MementoConfig, MementoConfigError
 from memento_sglang.models.tiny import tiny_model_path
 from memento_sglang.resolver import ConfigResolver
 from memento_sglang.sglang_plugin import settings
-from memento_sglang.sglang_plugin.requests import refused_mode
+from memento_sglang.sglang_plugin.request_state import refused_mode
 
 
 def server_args(**overrides) -> SimpleNamespace:
@@ -127,6 +127,18 @@ def test_beam_search_is_a_refused_request_mode():
     assert "beam_width=4" in refused_mode(SimpleNamespace(beam_width=4))
 
 
+@pytest.mark.parametrize("kind", ["structural_tag", "ebnf"])
+def test_the_memento_structure_needs_a_token_exact_grammar_backend(kind):
+    params = SimpleNamespace(beam_width=1, structural_tag=None, ebnf=None, json_schema=None, regex=None)
+    setattr(params, kind, "{...}")
+    for backend in ("xgrammar", "llguidance"):
+        assert refused_mode(params, backend) is None
+    reason = refused_mode(params, "outlines")
+    assert kind in reason and "xgrammar or llguidance" in reason and "outlines" in reason
+    json_only = SimpleNamespace(beam_width=1, structural_tag=None, ebnf=None, json_schema="{}", regex=None)
+    assert refused_mode(json_only, "outlines") is None
+
+
 def test_real_server_args_expose_the_prefill_graph_backend():
     args = ServerArgs(model_path=str(tiny_model_path()), device="cpu")
     assert settings.prefill_graph_backend(args) in (None, "disabled", "breakable", "full", "piecewise")
@@ -148,7 +160,7 @@ def test_no_mask_is_staged_for_a_backend_that_cannot_mask():
     wrapper's trimmed keys would misalign it)."""
     from memento_sglang.sequence import MementoSequence
     from memento_sglang.sglang_plugin.forward import extend_plans
-    from memento_sglang.sglang_plugin.requests import STATE
+    from memento_sglang.sglang_plugin.request_state import STATE
     from tests.support.synthetic import spec, tokens
 
     def batch_of(masked: bool) -> SimpleNamespace:

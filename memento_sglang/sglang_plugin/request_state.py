@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from memento_sglang.config import MementoConfigError
+from memento_sglang.constants import GRAMMAR_BACKENDS
 from memento_sglang.resolver import ConfigResolver
 from memento_sglang.sequence import MementoSequence
 from memento_sglang.sglang_plugin import runtime
@@ -101,11 +102,15 @@ def attach(
         )
 
 
-def refused_mode(sampling_params: Any) -> str | None:
+def refused_mode(sampling_params: Any, grammar_backend: str | None = None) -> str | None:
     """Why a request that Memento tracks cannot run with its sampling options (None if it can).
 
     Beam search forks member rows from the leader's row and scores them together; a
     member's blocks would close at its own steps, which one row's compaction cannot follow.
+    A structural tag or EBNF grammar (how the front end writes the Memento structure)
+    needs a grammar backend that emits each delimiter as its single token id; outlines
+    compiles neither (SGLang would abort the request with a bare "failed to compile"),
+    and its regex guides match text, which ordinary tokens can spell.
     """
     beam_width = getattr(sampling_params, "beam_width", None) or 1
     if beam_width > 1:
@@ -113,6 +118,14 @@ def refused_mode(sampling_params: Any) -> str | None:
             f"beam search (beam_width={beam_width}) is not supported with Memento; send this request "
             'with custom_params {"memento": {"enable": false}} to search without eviction'
         )
+    if grammar_backend is not None and grammar_backend not in GRAMMAR_BACKENDS:
+        kinds = [k for k in ("structural_tag", "ebnf") if getattr(sampling_params, k, None)]
+        if kinds:
+            return (
+                f"{' and '.join(kinds)} constraints need --grammar-backend {' or '.join(GRAMMAR_BACKENDS)} "
+                f"(this server runs {grammar_backend}, which cannot emit a Memento delimiter as its single "
+                "token id); json_schema and regex constraints work on every backend"
+            )
     return None
 
 
