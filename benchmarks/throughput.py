@@ -16,7 +16,9 @@ varied lengths per request (seeded), arriving `--stagger` seconds apart.
 Per run: output tokens/s, wall time, mean and max running requests and KV in use
 (share of the pool) over decode steps (SGLang's decode log at every step), output
 tokens per decode step (the GPU proxy: a CPU's step time grows with the batch),
-requests SGLang retracted and the output tokens they had to recompute.
+requests SGLang retracted and the output tokens they had to recompute. With `--repeats R`
+each point runs R times per mode (modes interleaved) and the median run is reported, with
+the range of tokens/s beside it.
 
     python -m benchmarks throughput --scale 0.05 --pool 4000 --concurrency 16 32 64
 """
@@ -125,6 +127,13 @@ def run(server, tokenizer, shape, n: int, kind: str, mode: str, pool: int, stagg
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median tokens/s (2 CPU cores move a 10-20 s run by 10-20%), with
+    every run's tokens/s alongside."""
+    ranked = sorted(runs, key=lambda r: r["tokens_per_s"])
+    return {**ranked[(len(ranked) - 1) // 2], "tokens_per_s_runs": [r["tokens_per_s"] for r in runs]}
+
+
 def plot(rows: list[dict], pool: int, path: Path) -> None:
     """Running requests and KV in use over decode steps, one panel per trace kind, at the
     largest N: how each mode spends the pool."""
@@ -156,7 +165,7 @@ def print_table(rows: list[dict]) -> None:
     base = {(r["trace"], r["concurrency"]): r for r in rows if r["mode"] == "no_eviction"}
     print(
         f"{'trace':>9} {'N':>3} {'mode':>15} {'tok/s':>7} {'vs no-ev':>8} {'tok/step':>8} {'run mean':>8} "
-        f"{'run max':>7} {'KV peak':>7} {'KV mean':>7} {'retr':>4} {'retr tok':>8}"
+        f"{'run max':>7} {'KV peak':>7} {'KV mean':>7} {'retr':>4} {'retr tok':>8} {'tok/s of runs':>16}"
     )
     for r in rows:
         ref = base.get((r["trace"], r["concurrency"]))
@@ -165,8 +174,13 @@ def print_table(rows: list[dict]) -> None:
             f"{r['trace']:>9} {r['concurrency']:>3} {r['mode']:>15} {r['tokens_per_s']:>7.1f} {ratio:>8}"
             f" {r['tokens_per_step']:>8.2f} {r['mean_running']:>8.1f} {r['max_running']:>7}"
             f" {r['peak_kv_share']:>7.2f} {r['mean_kv_share']:>7.2f} {r['retracted_requests']:>4.0f}"
-            f" {r['retracted_output_tokens']:>8.0f}"
+            f" {r['retracted_output_tokens']:>8.0f} {spread(r.get('tokens_per_s_runs', [])):>16}"
         )
+
+
+def spread(values: list[float]) -> str:
+    """min-max of a point's runs (empty for one run)."""
+    return f"{min(values):.0f}-{max(values):.0f}" if len(values) > 1 else ""
 
 
 def main() -> None:
@@ -180,6 +194,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--traces", nargs="+", choices=["sync", "staggered"], default=["sync", "staggered"])
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--repeats", type=int, default=1, help="runs per point and mode; the median is kept")
     parser.add_argument("--stagger", type=float, default=0.05, help="seconds between staggered arrivals")
     parser.add_argument("--out", type=Path, default=Path("artifacts/throughput.json"))
     add_server_options(parser)
@@ -194,7 +209,7 @@ def main() -> None:
     flags += ("--max-running-requests", str(max(args.concurrency)))
     rows = []
     points = [(p, k, n) for p in args.pool for k in args.traces for n in args.concurrency]
-    with tqdm(total=len(points) * len(args.modes), desc="runs") as progress:
+    with tqdm(total=len(points) * len(args.modes) * args.repeats, desc="runs") as progress:
         for pool in args.pool:
             spec = ServerSpec(f"throughput-{pool}", (*flags, *extra), max_total_tokens=pool)
             server = ServerProcess(spec, model)
@@ -205,10 +220,13 @@ def main() -> None:
                 for body in trace_bodies(tokenizer, shape, 2, "sync", "memento", seed=1):
                     server.generate(body)
                 for _, kind, n in [pt for pt in points if pt[0] == pool]:
-                    for mode in args.modes:
-                        row = run(server, tokenizer, shape, n, kind, mode, pool, args.stagger)
-                        rows.append({"pool": pool, **row})
-                        progress.update()
+                    runs: dict[str, list[dict]] = {mode: [] for mode in args.modes}
+                    for _ in range(args.repeats):  # modes interleaved: drift hits them alike
+                        for mode in args.modes:
+                            row = run(server, tokenizer, shape, n, kind, mode, pool, args.stagger)
+                            runs[mode].append(row)
+                            progress.update()
+                    rows += [{"pool": pool, **median_run(mode_runs)} for mode_runs in runs.values()]
             finally:
                 server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
