@@ -134,8 +134,8 @@ def _check_inputs(
         _refuse_reserved(f"memento {i}", memento)
     _refuse_reserved("think_prefix", think_prefix)
     _refuse_reserved("answer", answer)
-    if problem is not None:
-        _refuse_reserved("problem", problem, CHATML_TOKENS)
+    if problem is not None:  # a delimiter in the prompt would open structure the export cannot track
+        _refuse_reserved("problem", problem)
 
 
 def _refuse_reserved(where: str, text: str, reserved: Sequence[str] = RESERVED) -> None:

@@ -63,7 +63,8 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
-#: the server's default: Qwen3-style, delimiters stay visible, each block leaves at its memento's end
+#: Qwen3-style, delimiters stay visible, each block leaves at its memento's end (what the test
+#: servers and the README run); pass the served model's config when it differs
 DEFAULT_CONFIG = MementoConfig(enable=True, mask_delimiters=False)
 
 Span = tuple[int, int, int]  # (query_from, key_lo, key_hi)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from memento_sglang.config import MementoConfig
 from memento_sglang.data.assemble import QualityFilter
 from memento_sglang.data.llm import EngineTarget, OpenAITarget, ServerTarget
 from memento_sglang.data.pipeline import PipelineConfig, PipelineSummary, run_pipeline
@@ -25,6 +26,12 @@ Rerun the same command to resume: finished traces are not redone."""
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="JSONL of traces (`cot` = <think>...</think>answer, or ShareGPT)")
     p.add_argument("--out", type=Path, required=True, help="output directory (resumed when it exists)")
+    p.add_argument(
+        "--memento-config",
+        default='{"enable": true, "mask_delimiters": false}',
+        help="the Memento config the trained model will be served with (JSON, as the server's "
+        "--memento-config): the exported attention mask follows it",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running SGLang server (ours or stock)")
     where.add_argument("--model-path", help="start an in-process sgl.Engine on this model")
@@ -119,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(
         target=target,
         tokenizer=args.tokenizer,
+        memento_config=MementoConfig.parse(args.memento_config),
         window=args.window,
         min_block_tokens=args.min_block_tokens,
         variance_penalty=args.variance_penalty,

@@ -41,6 +41,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from memento_sglang.config import MementoConfig
 from memento_sglang.data.assemble import MementoExample, QualityFilter, assemble
 from memento_sglang.data.inputs import BadRow, TraceRecord, read_traces, split_cot
 from memento_sglang.data.llm import (
@@ -72,10 +73,13 @@ class PipelineConfig(BaseModel):
     target: Target
     #: the training model's tokenizer (token counts, assembly, export); default: the served model's
     tokenizer: str | None = None
+    #: the Memento config the trained model will be served with: the export's attention mask
+    #: follows it (mask_delimiters, keep_last_n_blocks, ...), as the server's masked prefill does
+    memento_config: MementoConfig = MementoConfig(enable=True, mask_delimiters=False)
     window: int = Field(default=WINDOW_BOUNDARIES, ge=1)
     min_block_tokens: int = Field(default=200, ge=1)
-    variance_penalty: float = 0.5
-    max_block_sentences: int | None = None
+    variance_penalty: float = Field(default=0.5, ge=0)
+    max_block_sentences: int | None = Field(default=None, ge=1)
     judge_threshold: float = 8.0
     max_iterations: int = Field(default=2, ge=1)
     target_ratio: float = 0.10
@@ -113,6 +117,8 @@ class PipelineConfig(BaseModel):
     def data_settings(self) -> dict[str, Any]:
         """The settings that shape the data: a resumed run must keep them."""
         keep = {
+            "tokenizer",
+            "memento_config",
             "window",
             "min_block_tokens",
             "variance_penalty",
@@ -391,6 +397,8 @@ class _Worker:
         answer: str,
         scores: list[float],
     ) -> dict[str, Any]:
+        from memento_sglang.data.export import example_features
+
         try:
             with self._tok_lock:
                 example = assemble(
@@ -403,6 +411,8 @@ class _Worker:
                     tokenizer=self.tokenizer,
                     judge_scores=scores,
                 )
+            with self._tok_lock:  # the export must take it too: checked here, not after the run
+                example_features(example, self.config.memento_config, tokenizer=self.tokenizer)
         except ValueError as e:
             return {"status": "rejected", "reasons": [f"assembly: {e}"], "example": None}
         reasons = self.config.quality.reasons(example)
@@ -465,7 +475,7 @@ def run_pipeline(
     records = checkpoint.load()
     order = {t.task_id: i for i, t in enumerate(traces)}
     ordered = sorted(records.values(), key=lambda r: order.get(r["task_id"], len(order)))
-    examples, export_errors = _export(ordered, out, tokenizer, progress)
+    examples, export_errors = _export(ordered, out, tokenizer, config.memento_config, progress)
     summary = _summary(ordered, config, input_path=str(input_path), out=out, bad_rows=len(bad))
     summary = summary.model_copy(
         update={
@@ -569,21 +579,24 @@ def _process(
 
 
 def _export(
-    records: list[dict[str, Any]], out: Path, tokenizer: Any, progress: bool
+    records: list[dict[str, Any]], out: Path, tokenizer: Any, memento_config: MementoConfig, progress: bool
 ) -> tuple[int, list[str]]:
-    """`examples.jsonl` and `dataset/` from the kept examples; (examples written, errors)."""
+    """From the kept examples: `examples.jsonl` (text and ids), `features.jsonl` and `dataset/`
+    (the Stage-2 SFT features); (examples written, errors)."""
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     from memento_sglang.data.export import example_features, to_dataset, write_jsonl
 
     examples = [MementoExample.model_validate(r["example"]) for r in records if r["status"] == "ok"]
-    features, errors = [], []
+    features, exported, errors = [], [], []
     for example in examples:
         try:
-            features.append(example_features(example, tokenizer=tokenizer))
-        except ValueError as e:
+            features.append(example_features(example, memento_config, tokenizer=tokenizer))
+            exported.append(example)
+        except ValueError as e:  # checked per trace already: only a changed tokenizer gets here
             errors.append(f"{example.task_id}: {e}")
-    count = write_jsonl(examples, out / "examples.jsonl")
+    count = write_jsonl(exported, out / "examples.jsonl")
+    write_jsonl(features, out / "features.jsonl")
     dataset_dir = out / "dataset"
     if dataset_dir.exists():
         shutil.rmtree(dataset_dir)

@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
 
-from memento_sglang.constants import CHATML_TOKENS, MEMENTO_TOKENS
+from memento_sglang.data.assemble import RESERVED as ASSEMBLY_RESERVED
 from memento_sglang.data.llm import Ask, CallStats, Prompt, StructuredLLM, require
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: a memento must never contain these: they would tokenize as structure
-RESERVED = tuple(MEMENTO_TOKENS) + tuple(CHATML_TOKENS)
+RESERVED = ASSEMBLY_RESERVED  # strings a memento may not hold (they would tokenize as structure)
 #: characters of the previous block shown as context to a first compression
 PREVIOUS_TAIL_CHARS = 1200
 

@@ -118,14 +118,15 @@ def refused_mode(sampling_params: Any, grammar_backend: str | None = None) -> st
             f"beam search (beam_width={beam_width}) is not supported with Memento; send this request "
             'with custom_params {"memento": {"enable": false}} to search without eviction'
         )
-    if grammar_backend is not None and grammar_backend not in GRAMMAR_BACKENDS:
-        kinds = [k for k in ("structural_tag", "ebnf") if getattr(sampling_params, k, None)]
-        if kinds:
-            return (
-                f"{' and '.join(kinds)} constraints need --grammar-backend {' or '.join(GRAMMAR_BACKENDS)} "
-                f"(this server runs {grammar_backend}, which cannot emit a Memento delimiter as its single "
-                "token id); json_schema and regex constraints work on every backend"
-            )
+    kinds = [k for k in ("structural_tag", "ebnf") if getattr(sampling_params, k, None)]
+    if grammar_backend == "outlines" and kinds:
+        return (
+            f"{' and '.join(kinds)} constraints need --grammar-backend {' or '.join(GRAMMAR_BACKENDS)} "
+            "(this server runs outlines, which cannot emit a Memento delimiter as its single token id); "
+            "json_schema and regex constraints work on outlines too"
+        )
+    if grammar_backend == "none" and kinds:
+        return f"{' and '.join(kinds)} constraints need a grammar backend; this server runs none"
     return None
 
 

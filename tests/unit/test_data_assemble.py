@@ -127,6 +127,8 @@ def test_random_texts_round_trip(tokenizer, pairs, answer, prefix):
         ({"blocks": ["<|summary_start|>", *BLOCKS[1:]]}, r"block 0 contains the delimiter"),
         ({"answer": "5 <|im_end|>"}, "answer contains the delimiter"),
         ({"think_prefix": "<think>"}, "think_prefix contains the delimiter"),
+        ({"problem": "Why <|block_start|> x?"}, "problem contains the delimiter"),
+        ({"problem": "Hi <|im_start|>"}, "problem contains the delimiter"),
         ({"judge_scores": [9.0]}, "1 judge scores for 3 blocks"),
         ({"blocks": "one string"}, "not one string"),
     ],

@@ -135,6 +135,8 @@ def test_the_memento_structure_needs_a_token_exact_grammar_backend(kind):
         assert refused_mode(params, backend) is None
     reason = refused_mode(params, "outlines")
     assert kind in reason and "xgrammar or llguidance" in reason and "outlines" in reason
+    assert "need a grammar backend" in refused_mode(params, "none")
+    assert refused_mode(params, None) is None  # the flag left at SGLang's default (xgrammar)
     json_only = SimpleNamespace(beam_width=1, structural_tag=None, ebnf=None, json_schema="{}", regex=None)
     assert refused_mode(json_only, "outlines") is None
 
