@@ -254,6 +254,8 @@ class Answer(Generic[M]):
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
     raw: str = ""
+    #: attempts that got no response at all (connection refused, timeout, HTTP error)
+    transport_errors: int = 0
 
     @property
     def ok(self) -> bool:
@@ -261,7 +263,15 @@ class Answer(Generic[M]):
 
 
 class LLMFailure(RuntimeError):
-    """A stage's call never produced a valid answer within its attempts: the trace fails."""
+    """A stage's call never produced a valid answer within its attempts: the trace fails.
+
+    `transport`: no attempt of a failed call got a response (the endpoint was down), so the
+    trace says nothing about the model and a rerun should redo it.
+    """
+
+    def __init__(self, message: str, *, transport: bool = False) -> None:
+        super().__init__(message)
+        self.transport = transport
 
 
 def require(answers: Sequence[Answer[M]], stage: str) -> list[M]:
@@ -272,7 +282,8 @@ def require(answers: Sequence[Answer[M]], stage: str) -> list[M]:
         why = first.errors[-1] if first.errors else "no answer"
         raise LLMFailure(
             f"{stage}: {len(failed)} of {len(answers)} calls gave no valid answer after "
-            f"{first.attempts} attempts (call {i}: {why})"
+            f"{first.attempts} attempts (call {i}: {why})",
+            transport=all(a.transport_errors == a.attempts for _, a in failed),
         )
     return [a.value for a in answers]  # type: ignore[misc]  # all set: checked above
 
@@ -369,6 +380,7 @@ class StructuredLLM:
                 answer.attempts = attempt
                 if isinstance(out, BaseException):
                     answer.errors.append(f"{type(out).__name__}: {str(out)[:300]}")
+                    answer.transport_errors += 1
                     still.append(i)
                     transport_errors += 1
                     continue

@@ -228,8 +228,14 @@ class Checkpoint:
         self.done_path = output_dir / "done.txt"
         self._lock = threading.Lock()
 
-    def load(self, *, retry_failed: bool = False) -> dict[str, dict[str, Any]]:
-        """The finished traces by task id; rewrites both files to exactly those (each once)."""
+    def load(
+        self, *, retry_failed: bool = False, redo_unreachable: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """The finished traces by task id; rewrites both files to exactly those (each once).
+
+        `retry_failed` drops every failed trace (it is redone); `redo_unreachable` only those
+        that failed because the endpoint gave no response.
+        """
         done = set(self._done_ids())
         lines = self._lines(self.traces_path)
         records: dict[str, dict[str, Any]] = {}
@@ -239,7 +245,8 @@ class Checkpoint:
             except json.JSONDecodeError:
                 continue  # a line torn by a kill
             task_id = record.get("task_id") if isinstance(record, dict) else None
-            redo = retry_failed and record.get("status") == "failed"
+            failed = record.get("status") == "failed"
+            redo = failed and (retry_failed or (redo_unreachable and bool(record.get("unreachable"))))
             if task_id in done and task_id not in records and not redo:
                 records[task_id] = record
         kept = [json.dumps(r) for r in records.values()]
@@ -381,6 +388,7 @@ class _Worker:
             lap("assemble")
         except LLMFailure as e:
             record["error"] = str(e)
+            record["unreachable"] = e.transport  # the endpoint was down: a rerun redoes it
         except Exception as e:  # a bug or a broken input must cost one trace, not the run
             where = traceback.extract_tb(e.__traceback__)[-1]
             record["error"] = f"{type(e).__name__}: {e} ({Path(where.filename).name}:{where.lineno})"
@@ -448,7 +456,7 @@ def run_pipeline(
     _check_settings(out / "settings.json", config.data_settings())
     traces, bad = _read_input(Path(input_path), out, say)
     checkpoint = Checkpoint(out)
-    finished = checkpoint.load(retry_failed=config.retry_failed)
+    finished = checkpoint.load(retry_failed=config.retry_failed, redo_unreachable=True)
     todo = [t for t in traces if t.task_id not in finished]
     resumed = sum(1 for t in traces if t.task_id in finished)
     if tokenizer is None:

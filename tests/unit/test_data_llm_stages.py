@@ -453,6 +453,29 @@ def test_checkpoint_keeps_each_done_trace_once(tmp_path):
     assert list(Checkpoint(tmp_path).load()) == ["a"]
 
 
+def test_traces_that_found_the_endpoint_down_are_redone_on_resume(tmp_path):
+    """A failure with no response at all says nothing about the model: a rerun redoes it (the
+    end-of-run summary still counts it as failed); a failure of the model stays failed."""
+    cp = Checkpoint(tmp_path)
+    cp.append({**_record("down", "failed"), "unreachable": True})
+    cp.append({**_record("bad", "failed"), "unreachable": False})
+    assert list(Checkpoint(tmp_path).load()) == ["down", "bad"]
+    assert list(Checkpoint(tmp_path).load(redo_unreachable=True)) == ["bad"]
+
+
+def test_a_call_that_never_got_a_response_is_a_transport_failure():
+    down = Answer(attempts=2, errors=["ConnectionError: refused"] * 2, transport_errors=2)
+    invalid = Answer(
+        attempts=2, errors=["ConnectionError: refused", "1 validation error"], transport_errors=1
+    )
+    with pytest.raises(LLMFailure) as caught:
+        require([down], "score")
+    assert caught.value.transport
+    with pytest.raises(LLMFailure) as caught:
+        require([down, invalid], "score")
+    assert not caught.value.transport
+
+
 def _config(**overrides) -> PipelineConfig:
     settings = {
         "target": ServerTarget(url="http://unused"),
