@@ -65,6 +65,9 @@ __all__ = ["Checkpoint", "Distribution", "PipelineConfig", "PipelineSummary", "r
 STAGES = ("split", "score", "segment", "summarize", "assemble")
 
 
+_SUMMARIZE = SummarizeSettings()
+
+
 class PipelineConfig(BaseModel):
     """Everything a run needs besides its input and output paths."""
 
@@ -80,14 +83,15 @@ class PipelineConfig(BaseModel):
     min_block_tokens: int = Field(default=200, ge=1)
     variance_penalty: float = Field(default=0.5, ge=0)
     max_block_sentences: int | None = Field(default=None, ge=1)
-    judge_threshold: float = 8.0
-    max_iterations: int = Field(default=2, ge=1)
-    target_ratio: float = 0.10
-    max_ratio: float = 0.20
-    memento_cap_ratio: float = 0.30
-    feedback_chars: int = Field(default=600, ge=0)
-    missing_items: int = Field(default=5, ge=0)
-    missing_item_chars: int = Field(default=160, ge=0)
+    # the summarise stage's settings, flat for the CLI; their defaults are SummarizeSettings'
+    judge_threshold: float = _SUMMARIZE.threshold
+    max_iterations: int = Field(default=_SUMMARIZE.max_iterations, ge=1)
+    target_ratio: float = _SUMMARIZE.target_ratio
+    max_ratio: float = _SUMMARIZE.max_ratio
+    memento_cap_ratio: float = _SUMMARIZE.cap_ratio
+    feedback_chars: int = Field(default=_SUMMARIZE.feedback_chars, ge=0)
+    missing_items: int = Field(default=_SUMMARIZE.missing_items, ge=0)
+    missing_item_chars: int = Field(default=_SUMMARIZE.missing_item_chars, ge=0)
     quality: QualityFilter = QualityFilter()
     max_attempts: int = Field(default=3, ge=1)
     temperature: float = 0.0

@@ -43,8 +43,9 @@ def compact_running_batch(batch: ScheduleBatch) -> int:
         if due:
             row = _Row(req, batch.req_to_token_pool, batch.token_to_kv_pool_allocator, batch.tree_cache)
             removed.append((i, _compact_row(row, seq, due)))
-    saved = sum(s.position_offset for r in batch.reqs if (s := sequence_of(r)) is not None)
-    runtime.current().metrics.kv_tokens_saved.set(saved)
+    metrics = runtime.current().metrics
+    if metrics.enabled:  # a Python pass over the batch every step: only when someone reads it
+        metrics.kv_tokens_saved.set(sum(s.position_offset for r in batch.reqs if (s := sequence_of(r))))
     if removed:
         _shorten_batch_lengths(batch, removed)
     return sum(n for _, n in removed)
