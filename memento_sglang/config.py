@@ -37,7 +37,7 @@ TokenRef = str | int
 
 
 #: options that shape the whole server's batches, so a request cannot override them
-SERVER_WIDE_OPTIONS = frozenset({"prefill_mask_budget"})
+SERVER_WIDE_OPTIONS = frozenset({"prefill_mask_budget", "admission_margin_sigmas"})
 
 
 class MementoConfig(BaseModel):
@@ -63,6 +63,10 @@ class MementoConfig(BaseModel):
     #: admission reserves what the request can still hold live (mementos + open block),
     #: learned from blocks closed on the server, instead of its whole max_new_tokens
     admission_estimate: bool = True
+    #: server-wide: the running batch's open blocks are reserved at their expected length
+    #: plus this many standard deviations of their sum (never more than the p95 bound);
+    #: null reserves the bound itself (no bet, no retraction while traces keep to it)
+    admission_margin_sigmas: float | None = Field(default=3.0, ge=0.0)
     #: server-wide: the most (query, key) mask entries one masked prefill batch may build;
     #: longer masked prompts are prefilled in smaller chunks (int32 kernel offsets, memory)
     prefill_mask_budget: int = Field(default=1 << 28, ge=1, le=(1 << 31) - 1)

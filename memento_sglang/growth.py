@@ -22,17 +22,41 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """How much of an open cycle a row holds at a random moment, over the cycles closed
+    on this server: the mean and variance of the tokens written so far in the cycle under
+    way. A cycle of length L is under way for L steps, so it is picked in proportion to
+    L (a length-biased draw) and then is 0..L-1 tokens along."""
+
+    mean: float
+    variance: float
+    cycle_variance: float
+
+    @classmethod
+    def of(cls, lengths: deque[int] | list[int]) -> InFlight:
+        steps = sum(lengths)
+        mean = sum(n * (n - 1) / 2 for n in lengths) / steps
+        square = sum((n - 1) * n * (2 * n - 1) / 6 for n in lengths) / steps
+        cycle_mean = steps / len(lengths)
+        cycle_variance = sum((n - cycle_mean) ** 2 for n in lengths) / len(lengths)
+        return cls(mean, max(0.0, square - mean * mean), cycle_variance)
 
 
 @dataclass(frozen=True, slots=True)
 class CycleBounds:
     """What the server has learned about cycles: a typical long cycle, the longest one
-    seen, and the share of a cycle that stays in the row."""
+    seen, and the share of a cycle that stays in the row; `in_flight` (None while
+    cautious or when unknown) gives the expectation that the running batch is reserved on."""
 
     cycle_tokens: int
     kept_share: float
     longest_cycle: int = 0
+    in_flight: InFlight | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +68,12 @@ class Growth:
     open: int
     total: int
     rate: float = 1.0
+    #: the expectation (None: unknown, the bound stands): once the cycle under way has
+    #: closed, the row holds `expected_open + rate * tokens` more than now;
+    #: `expected_open` is the mean in-flight part of a cycle minus what the current one
+    #: has written (negative when closing it frees more than an open cycle holds)
+    expected_open: float | None = None
+    open_variance: float = 0.0
 
     def after(self, tokens: int) -> float:
         """The most the row can have grown after `tokens` more tokens."""
@@ -109,6 +139,7 @@ class CycleStats:
             cycle_tokens=_quantile(self._lengths, self._quantile),
             kept_share=sum(self._kept) / sum(self._lengths),
             longest_cycle=longest,
+            in_flight=InFlight.of(self._lengths),
         )
 
 
@@ -135,7 +166,25 @@ def memento_growth(remaining: int, open_cycle_tokens: int, keep_last_n_blocks: i
     open_part = max(0, cycle - open_cycle_tokens)
     open_part = min(remaining, open_part + max(0, keep_last_n_blocks) * bounds.cycle_tokens)
     total = open_part + math.ceil(bounds.kept_share * (remaining - open_part))
-    return Growth(open_part, min(remaining, total), bounds.kept_share)
+    expected = _expected_open(open_cycle_tokens, keep_last_n_blocks, bounds)
+    return Growth(
+        open_part,
+        min(remaining, total),
+        bounds.kept_share,
+        expected_open=None if expected is None else expected[0],
+        open_variance=0.0 if expected is None else expected[1],
+    )
+
+
+def _expected_open(progress: int, keep_last_n_blocks: int, bounds: CycleBounds) -> tuple[float, float] | None:
+    """Mean and variance of the open part a row will hold, relative to now, once its
+    cycle under way has turned over (renewal: a row then holds a typical in-flight
+    cycle, and the `keep_last_n_blocks` visible ones are replaced by as many new ones).
+    None for a cycle already past the typical bound: its end is not known."""
+    if bounds.in_flight is None or progress >= bounds.cycle_tokens:
+        return None
+    flight = bounds.in_flight
+    return flight.mean - progress, flight.variance + max(0, keep_last_n_blocks) * flight.cycle_variance
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,19 +210,58 @@ def pooled_growth(rows: list[RunningRow]) -> int:
     moments it only grows), so it is evaluated there: a sweep over finishing steps
     with running sums of the rows' linear pieces, O(n log n).
     """
-    # Over steps s, the rows' summed growth is a sum of linear pieces; keep it as
-    # intercept + slope * s and apply each row's piece changes in step order.
-    changes: list[tuple[float, bool, float, float]] = []  # (step, finishes, d_intercept, d_slope)
-    for row in rows:
-        changes.extend(_piece_changes(row))
-    changes.sort(key=lambda c: (c[0], c[1]))
-    intercept, slope, peak = 0.0, float(len(rows)), 0.0
+    return math.ceil(_peak(change for row in rows for change in _piece_changes(row)) - 1e-6)
+
+
+def _peak(row_changes: Iterable[tuple[float, bool, float, float]]) -> float:
+    """The maximum over steps of a sum of piecewise linear paths that start at 0 with
+    slope 1 each and only rise between finishes: evaluated just before each finish.
+
+    Each change is (step, finishes, d_intercept, d_slope); the sum is kept as
+    intercept + slope * s and the changes are applied in step order.
+    """
+    changes = sorted(row_changes, key=lambda c: (c[0], c[1]))
+    rows = sum(1 for c in changes if c[1])
+    intercept, slope, peak = 0.0, float(rows), 0.0
     for k, (step, finishes, d_intercept, d_slope) in enumerate(changes):
         if finishes and (k == 0 or changes[k - 1][:2] != (step, True)):
             peak = max(peak, intercept + slope * step)  # the sum just before rows finish here
         intercept += d_intercept
         slope += d_slope
-    return math.ceil(peak - 1e-6)
+    return peak
+
+
+def pooled_reservation(rows: list[RunningRow], margin_sigmas: float | None) -> int:
+    """What the running batch is reserved: its joint bound (`pooled_growth`), or, with
+    `margin_sigmas`, at most its expected joint growth plus that many standard
+    deviations of it.
+
+    The bound keeps a p95-long cycle open in every row at once. Over many rows that is
+    rare: rows are at different points of their cycles, each closed block leaves, and
+    the batch grows by the kept share on average (`Growth.expected_open`). The spread of
+    the sum grows like sqrt(n) where the bound's margin grows like n. A bet that loses
+    makes SGLang retract a row, which keeps its work (the Memento radix cache), and the
+    estimator turns cautious (`back_off`: no expectations until enough cycles closed).
+    """
+    bound = pooled_growth(rows)
+    if margin_sigmas is None or all(r.growth.expected_open is None for r in rows):
+        return bound
+    variance = sum(r.growth.open_variance for r in rows)
+    expected = _peak(change for r in rows for change in _expected_changes(r))
+    return min(bound, math.ceil(expected + margin_sigmas * math.sqrt(variance) - 1e-6))
+
+
+def _expected_changes(row: RunningRow) -> list[tuple[float, bool, float, float]]:
+    """`row`'s expected path: `expected_open + rate * s` from the start
+    (the cycle under way turns over within a cycle; the margin covers that transient),
+    then, when it finishes, all it grew and `own` are freed. A row with no expectation
+    (its cycle is already longer than the bound) keeps its bound's path."""
+    g = row.growth
+    if g.expected_open is None:
+        return _piece_changes(row)
+    level = g.expected_open
+    end = float(row.remaining)
+    return [(0.0, False, level, g.rate - 1.0), (end, True, -float(row.own) - level - g.rate * end, -g.rate)]
 
 
 def _piece_changes(row: RunningRow) -> list[tuple[float, bool, float, float]]:

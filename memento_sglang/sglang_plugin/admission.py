@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sglang.srt.managers import schedule_policy
 from sglang.srt.mem_cache.radix_cache import TreeNode
 
-from memento_sglang.growth import CycleStats, Growth, RunningRow, pooled_growth
+from memento_sglang.growth import CycleStats, Growth, RunningRow, pooled_reservation
 from memento_sglang.sequence import MementoSequence
 
 if TYPE_CHECKING:
@@ -42,9 +42,11 @@ if TYPE_CHECKING:
 class AdmissionEstimator:
     """Cycles the model closed on this server, and each request's future KV growth from them."""
 
-    def __init__(self, *, learning: bool = True) -> None:
+    def __init__(self, *, learning: bool = True, margin_sigmas: float | None = 3.0) -> None:
         #: False outside a scheduler: nothing is learned, SGLang's own estimate applies
         self.learning = learning
+        #: the running batch's margin over its expected growth (None: the bound, no bet)
+        self.margin_sigmas = margin_sigmas
         self.cycles = CycleStats()
 
     def observe(self, seq: MementoSequence) -> None:
@@ -63,14 +65,17 @@ class AdmissionEstimator:
         if growth is None:
             return None
         stock = min(remaining, _STOCK_CLIP)
-        return Growth(min(growth.open, stock), min(growth.total, stock), growth.rate)
+        if growth.total <= stock:
+            return growth
+        return Growth(min(growth.open, stock), stock, growth.rate, growth.expected_open, growth.open_variance)
 
     def pooled_correction(self, reqs: list[Req], synced: Callable[[Any], MementoSequence | None]) -> float:
         """How much less the running batch needs than the sum of its rows' bounds.
 
         SGLang sums one reservation per running request; Memento rows covered by the
-        estimate are reserved together instead (`pooled_growth`): rows that finish
-        first free their slots before the others reach their peak.
+        estimate are reserved together instead (`pooled_reservation`): rows that finish
+        first free their slots before the others reach their peak, and the open blocks
+        of many rows are reserved near their expected sum.
         """
         rows = []
         for req in reqs:
@@ -80,7 +85,7 @@ class AdmissionEstimator:
                 rows.append(RunningRow(own=_freed_at_finish(req), growth=growth, remaining=remaining))
         if len(rows) < 2:
             return 0.0
-        return pooled_growth(rows) - sum(row.growth.total for row in rows)
+        return pooled_reservation(rows, self.margin_sigmas) - sum(row.growth.total for row in rows)
 
     def on_retraction(self, seq: MementoSequence | None) -> None:
         """SGLang retracted a request admitted on the Memento estimate: back off."""

@@ -32,6 +32,7 @@ from memento_sglang.sglang_plugin import (
     settings,
     streaming,
 )
+from memento_sglang.sglang_plugin.admission import AdmissionEstimator
 from memento_sglang.sglang_plugin.metrics import MementoMetrics
 from memento_sglang.sglang_plugin.runtime import MementoRuntime
 
@@ -161,6 +162,7 @@ def install_in_scheduler(result, self, server_args, *args, **kwargs):
             masked_prefill=masked_prefill,
             metrics=MementoMetrics.for_scheduler(self),
             mask_budget=resolver.server_config.prefill_mask_budget,
+            admission=AdmissionEstimator(margin_sigmas=resolver.server_config.admission_margin_sigmas),
         )
     )
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import math
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memento_sglang.growth import CycleBounds, CycleStats, Growth, RunningRow, memento_growth, pooled_growth
+from memento_sglang.growth import (
+    CycleBounds,
+    CycleStats,
+    Growth,
+    InFlight,
+    RunningRow,
+    memento_growth,
+    pooled_growth,
+    pooled_reservation,
+)
 
 
 @st.composite
@@ -157,3 +167,106 @@ def test_rows_that_finish_first_make_room_for_the_rest():
     assert sum(r.growth.total for r in (early, late)) == 60  # SGLang-style sum of bounds
     assert pooled_growth([late]) == 40
     assert pooled_growth([]) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 120), min_size=1, max_size=40))
+def test_in_flight_is_the_open_part_at_a_random_step(lengths):
+    """Cycles back to back: at every step, how far the cycle under way has come."""
+    along = [t for n in lengths for t in range(n)]
+    mean = sum(along) / len(along)
+    flight = InFlight.of(lengths)
+    assert math.isclose(flight.mean, mean, rel_tol=1e-9, abs_tol=1e-9)
+    assert math.isclose(
+        flight.variance, sum((t - mean) ** 2 for t in along) / len(along), rel_tol=1e-6, abs_tol=1e-6
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(running_rows(), st.floats(0.0, 4.0), st.data())
+def test_the_reservation_is_never_above_the_joint_bound(rows, sigmas, data):
+    with_expectations = [
+        RunningRow(
+            r.own,
+            Growth(
+                r.growth.open,
+                r.growth.total,
+                r.growth.rate,
+                expected_open=data.draw(st.floats(-100.0, float(r.growth.open))),
+                open_variance=data.draw(st.floats(0.0, 1e4)),
+            ),
+            r.remaining,
+        )
+        for r in rows
+    ]
+    bound = pooled_growth(with_expectations)
+    assert pooled_reservation(with_expectations, None) == bound
+    if rows:
+        assert pooled_reservation(rows, sigmas) == bound  # no expectation known: the bound
+    assert pooled_reservation(with_expectations, sigmas) <= bound
+
+
+def _true_joint_peak(
+    rng: random.Random, rows: list[tuple[int, int, int]], lengths: list[int], kept: int
+) -> int:
+    """Step by step: each row finishes its cycle under way (drawn among the cycles longer
+    than its progress), then writes fresh cycles; a closed cycle leaves `kept` tokens."""
+    paths = []
+    for progress, remaining, own in rows:
+        length = rng.choice([n for n in lengths if n > progress])
+        grown, along, path = 0, progress, []
+        for _ in range(remaining):
+            grown += 1
+            along += 1
+            path.append(grown)
+            if along == length:  # the memento closes: the block leaves
+                grown -= length - kept
+                along, length = 0, rng.choice(lengths)
+        paths.append((path, own))
+    horizon = max(len(path) for path, _ in paths)
+    peak = 0
+    for s in range(horizon):
+        held = sum(path[s] if s < len(path) else -own for path, own in paths)
+        peak = max(peak, held)
+    return peak
+
+
+def test_the_bet_covers_the_batch_with_high_probability():
+    """Cycles drawn from what the server learned: the 3-sigma reservation of 32 rows at
+    random points of their cycles is far below their joint bound and still covers
+    their true joint growth (its maximum over every step) in nearly every batch."""
+    rng = random.Random(7)
+    kept = 14
+    learned = [rng.randint(40, 120) for _ in range(400)]
+    stats = CycleStats()
+    for n in learned:
+        stats.observe(n, n - kept)
+    bounds = stats.bounds()
+    assert bounds is not None and bounds.in_flight is not None
+    covered, saved = 0, []
+    for _ in range(200):
+        state = []
+        while len(state) < 32:
+            length = rng.choice(learned)  # a row met at a random step: length-biased
+            if rng.random() < length / 120:
+                state.append((rng.randrange(length), rng.randint(50, 900), rng.randint(20, 200)))
+        rows = [
+            RunningRow(own, memento_growth(remaining, progress, 0, bounds), remaining)
+            for progress, remaining, own in state
+        ]
+        reserved = pooled_reservation(rows, 3.0)
+        covered += reserved >= _true_joint_peak(rng, state, learned, kept)
+        saved.append(pooled_growth(rows) - reserved)
+    assert covered >= 190  # at least 95% of batches
+    assert sum(saved) / len(saved) > 32 * 30  # over 30 slots a row below the bound
+
+
+def test_after_a_retraction_there_is_no_bet():
+    stats = CycleStats(window=40)
+    for n in range(8, 48):
+        stats.observe(n, n - 2)
+    assert stats.bounds().in_flight is not None
+    stats.back_off()
+    cautious = stats.bounds()
+    assert cautious.in_flight is None
+    assert memento_growth(100, 3, 0, cautious).expected_open is None
