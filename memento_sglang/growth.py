@@ -21,21 +21,29 @@ retraction the worst figures seen apply for a while. Pure: no SGLang, no torch.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 
 
 @dataclass(frozen=True, slots=True)
 class InFlight:
-    """How much of an open cycle a row holds at a random moment, over the cycles closed
-    on this server: the mean and variance of the tokens written so far in the cycle under
-    way. A cycle of length L is under way for L steps, so it is picked in proportion to
-    L (a length-biased draw) and then is 0..L-1 tokens along."""
+    """Open cycles, over the cycles closed on this server.
+
+    `mean` and `variance`: the tokens a row has written in its cycle under way at a
+    random step. A cycle of length L is under way for L steps, so it is picked in
+    proportion to L (a length-biased draw) and is then 0..L-1 tokens along.
+    `rest(progress)`: how long a cycle already `progress` tokens along still runs, on
+    average (over the cycles seen that were longer).
+    """
 
     mean: float
     variance: float
     cycle_variance: float
+    sorted_lengths: tuple[int, ...] = field(default=(), repr=False)
+    suffix_sums: tuple[int, ...] = field(default=(), repr=False)  # [i] = sum(sorted_lengths[i:])
 
     @classmethod
     def of(cls, lengths: deque[int] | list[int]) -> InFlight:
@@ -44,7 +52,16 @@ class InFlight:
         square = sum((n - 1) * n * (2 * n - 1) / 6 for n in lengths) / steps
         cycle_mean = steps / len(lengths)
         cycle_variance = sum((n - cycle_mean) ** 2 for n in lengths) / len(lengths)
-        return cls(mean, max(0.0, square - mean * mean), cycle_variance)
+        ordered = tuple(sorted(lengths))
+        suffix = tuple(accumulate(reversed(ordered)))[::-1] + (0,)
+        return cls(mean, max(0.0, square - mean * mean), cycle_variance, ordered, suffix)
+
+    def rest(self, progress: int) -> float | None:
+        first = bisect_right(self.sorted_lengths, progress)
+        longer = len(self.sorted_lengths) - first
+        if longer == 0:
+            return None
+        return self.suffix_sums[first] / longer - progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +85,14 @@ class Growth:
     open: int
     total: int
     rate: float = 1.0
-    #: the expectation (None: unknown, the bound stands): once the cycle under way has
-    #: closed, the row holds `expected_open + rate * tokens` more than now;
-    #: `expected_open` is the mean in-flight part of a cycle minus what the current one
-    #: has written (negative when closing it frees more than an open cycle holds)
+    #: the expectation (None: unknown, the bound stands): the cycle under way runs
+    #: `expected_rest` more tokens (the row grows by each), then its block leaves and
+    #: the row holds `expected_open + rate * tokens` more than now: `expected_open` is
+    #: the mean in-flight part of a cycle minus what the current one had written
+    #: (negative when its block frees more than a typical open cycle holds)
     expected_open: float | None = None
     open_variance: float = 0.0
+    expected_rest: float = 0.0
 
     def after(self, tokens: int) -> float:
         """The most the row can have grown after `tokens` more tokens."""
@@ -167,24 +186,27 @@ def memento_growth(remaining: int, open_cycle_tokens: int, keep_last_n_blocks: i
     open_part = min(remaining, open_part + max(0, keep_last_n_blocks) * bounds.cycle_tokens)
     total = open_part + math.ceil(bounds.kept_share * (remaining - open_part))
     expected = _expected_open(open_cycle_tokens, keep_last_n_blocks, bounds)
-    return Growth(
-        open_part,
-        min(remaining, total),
-        bounds.kept_share,
-        expected_open=None if expected is None else expected[0],
-        open_variance=0.0 if expected is None else expected[1],
-    )
+    if expected is None:
+        return Growth(open_part, min(remaining, total), bounds.kept_share)
+    return Growth(open_part, min(remaining, total), bounds.kept_share, *expected)
 
 
-def _expected_open(progress: int, keep_last_n_blocks: int, bounds: CycleBounds) -> tuple[float, float] | None:
-    """Mean and variance of the open part a row will hold, relative to now, once its
-    cycle under way has turned over (renewal: a row then holds a typical in-flight
-    cycle, and the `keep_last_n_blocks` visible ones are replaced by as many new ones).
-    None for a cycle already past the typical bound: its end is not known."""
-    if bounds.in_flight is None or progress >= bounds.cycle_tokens:
-        return None
+def _expected_open(
+    progress: int, keep_last_n_blocks: int, bounds: CycleBounds
+) -> tuple[float, float, float] | None:
+    """The expectation of a row's open part: the rest of its cycle under way, then
+    (renewal) a typical in-flight cycle in place of what it had written, and the
+    `keep_last_n_blocks` visible cycles replaced by as many new ones: (level relative
+    to now, its variance, the rest). None for a cycle already past the typical bound:
+    its end is not known."""
     flight = bounds.in_flight
-    return flight.mean - progress, flight.variance + max(0, keep_last_n_blocks) * flight.cycle_variance
+    if flight is None or progress >= bounds.cycle_tokens:
+        return None
+    rest = flight.rest(progress)
+    if rest is None:
+        return None
+    variance = flight.variance + max(0, keep_last_n_blocks) * flight.cycle_variance
+    return flight.mean - progress, variance, rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,22 +232,22 @@ def pooled_growth(rows: list[RunningRow]) -> int:
     moments it only grows), so it is evaluated there: a sweep over finishing steps
     with running sums of the rows' linear pieces, O(n log n).
     """
-    return math.ceil(_peak(change for row in rows for change in _piece_changes(row)) - 1e-6)
+    return math.ceil(_peak((change for row in rows for change in _piece_changes(row)), len(rows)) - 1e-6)
 
 
-def _peak(row_changes: Iterable[tuple[float, bool, float, float]]) -> float:
-    """The maximum over steps of a sum of piecewise linear paths that start at 0 with
-    slope 1 each and only rise between finishes: evaluated just before each finish.
+def _peak(row_changes: Iterable[tuple[float, bool, float, float]], rows: int) -> float:
+    """The maximum over steps of a sum of `rows` piecewise linear paths that start at 0
+    with slope 1 each and only fall where a change is flagged (a row finishes, or its
+    block leaves): evaluated just before each flagged change.
 
-    Each change is (step, finishes, d_intercept, d_slope); the sum is kept as
+    Each change is (step, flagged, d_intercept, d_slope); the sum is kept as
     intercept + slope * s and the changes are applied in step order.
     """
     changes = sorted(row_changes, key=lambda c: (c[0], c[1]))
-    rows = sum(1 for c in changes if c[1])
     intercept, slope, peak = 0.0, float(rows), 0.0
-    for k, (step, finishes, d_intercept, d_slope) in enumerate(changes):
-        if finishes and (k == 0 or changes[k - 1][:2] != (step, True)):
-            peak = max(peak, intercept + slope * step)  # the sum just before rows finish here
+    for k, (step, flagged, d_intercept, d_slope) in enumerate(changes):
+        if flagged and (k == 0 or changes[k - 1][:2] != (step, True)):
+            peak = max(peak, intercept + slope * step)  # the sum just before rows fall here
         intercept += d_intercept
         slope += d_slope
     return peak
@@ -247,21 +269,29 @@ def pooled_reservation(rows: list[RunningRow], margin_sigmas: float | None) -> i
     if margin_sigmas is None or all(r.growth.expected_open is None for r in rows):
         return bound
     variance = sum(r.growth.open_variance for r in rows)
-    expected = _peak(change for r in rows for change in _expected_changes(r))
+    expected = _peak((change for r in rows for change in _expected_changes(r)), len(rows))
     return min(bound, math.ceil(expected + margin_sigmas * math.sqrt(variance) - 1e-6))
 
 
 def _expected_changes(row: RunningRow) -> list[tuple[float, bool, float, float]]:
-    """`row`'s expected path: `expected_open + rate * s` from the start
-    (the cycle under way turns over within a cycle; the margin covers that transient),
-    then, when it finishes, all it grew and `own` are freed. A row with no expectation
-    (its cycle is already longer than the bound) keeps its bound's path."""
+    """`row`'s expected path: one token per step until its cycle under way closes
+    (`expected_rest`), then `expected_open + rate * s` (its block left, a typical
+    open cycle is under way); when it finishes, all it grew and `own` are freed. Rows
+    in step (traces that start together) close their blocks together: their summed
+    peak just before those closes is evaluated too. A row with no expectation (its
+    cycle is already longer than the bound) keeps its bound's path."""
     g = row.growth
     if g.expected_open is None:
         return _piece_changes(row)
-    level = g.expected_open
     end = float(row.remaining)
-    return [(0.0, False, level, g.rate - 1.0), (end, True, -float(row.own) - level - g.rate * end, -g.rate)]
+    closes = min(g.expected_rest, end)
+    changes = []
+    intercept, slope = 0.0, 1.0
+    if closes < end:
+        changes.append((closes, True, g.expected_open, g.rate - 1.0))
+        intercept, slope = g.expected_open, g.rate
+    changes.append((end, True, -float(row.own) - intercept, -slope))
+    return changes
 
 
 def _piece_changes(row: RunningRow) -> list[tuple[float, bool, float, float]]:

@@ -194,6 +194,7 @@ def test_the_reservation_is_never_above_the_joint_bound(rows, sigmas, data):
                 r.growth.rate,
                 expected_open=data.draw(st.floats(-100.0, float(r.growth.open))),
                 open_variance=data.draw(st.floats(0.0, 1e4)),
+                expected_rest=data.draw(st.floats(0.0, 500.0)),
             ),
             r.remaining,
         )
@@ -231,18 +232,23 @@ def _true_joint_peak(
     return peak
 
 
-def test_the_bet_covers_the_batch_with_high_probability():
-    """Cycles drawn from what the server learned: the 3-sigma reservation of 32 rows at
-    random points of their cycles is far below their joint bound and still covers
-    their true joint growth (its maximum over every step) in nearly every batch."""
-    rng = random.Random(7)
-    kept = 14
+def _learned(rng: random.Random, kept: int) -> tuple[list[int], CycleBounds]:
     learned = [rng.randint(40, 120) for _ in range(400)]
     stats = CycleStats()
     for n in learned:
         stats.observe(n, n - kept)
     bounds = stats.bounds()
     assert bounds is not None and bounds.in_flight is not None
+    return learned, bounds
+
+
+def test_the_bet_covers_the_batch_with_high_probability():
+    """Cycles drawn from what the server learned: the 3-sigma reservation of 32 rows at
+    random points of their cycles is far below their joint bound and still covers
+    their true joint growth (its maximum over every step) in nearly every batch."""
+    rng = random.Random(7)
+    kept = 14
+    learned, bounds = _learned(rng, kept)
     covered, saved = 0, []
     for _ in range(200):
         state = []
@@ -259,6 +265,20 @@ def test_the_bet_covers_the_batch_with_high_probability():
         saved.append(pooled_growth(rows) - reserved)
     assert covered >= 190  # at least 95% of batches
     assert sum(saved) / len(saved) > 32 * 30  # over 30 slots a row below the bound
+
+
+def test_rows_in_step_are_reserved_for_their_blocks_closing_together():
+    """Requests that started together write their blocks in step: all of them are at
+    the same point of the same cycle, and their rows peak together just before the
+    blocks close. The expectation sees that peak (each row runs its expected rest)."""
+    rng = random.Random(11)
+    learned, bounds = _learned(rng, 14)
+    assert bounds.in_flight is not None
+    for progress in (0, 10, 40):
+        rows = [RunningRow(30, memento_growth(600, progress, 0, bounds), 600) for _ in range(16)]
+        rest = bounds.in_flight.rest(progress)
+        assert rest is not None
+        assert pooled_reservation(rows, 3.0) >= 16 * rest
 
 
 def test_after_a_retraction_there_is_no_bet():
