@@ -2,8 +2,11 @@
 
 SGLang 0.5.23 serves a dense model on CPU with its CPU engine, `torch_native`
 attention, no CUDA graphs and float32, provided the CUDA-only `sgl_kernel`
-package (which cannot load without libcuda) is replaced by a stand-in. On a GPU
-none of this applies.
+package (which cannot load without libcuda) is replaced by a stand-in. With several
+ranks (`--tp-size`, `--dp-size`) each rank needs its own cores
+(`SGLANG_CPU_OMP_THREADS_BIND`, else SGLang allows one rank per NUMA node), and
+tensor parallel must not pick NCCL (the CUDA build of torch ships it; on CPU the
+ranks talk over gloo). On a GPU none of this applies.
 """
 
 from __future__ import annotations
@@ -52,6 +55,57 @@ def apply_cpu_environment() -> None:
     os.environ.update(cpu_environment())
     if str(STAND_IN_DIR) not in sys.path:
         sys.path.insert(0, str(STAND_IN_DIR))
+
+
+#: SGLang's per-rank core sets: one `|`-separated group per rank (dp * tp * pp ranks).
+THREADS_BIND_ENV = "SGLANG_CPU_OMP_THREADS_BIND"
+#: Where SGLang loads NCCL from; a path with no library makes its PyNccl stand down.
+NCCL_PATH_ENV = "SGLANG_NCCL_SO_PATH"
+NO_NCCL = "/nonexistent/memento-sglang-cpu/libnccl.so.2"
+
+
+def core_groups(ranks: int, cores: Sequence[int]) -> str:
+    """`ranks` core sets in SGLang's bind format ("0-3|4-7"): the cores split into
+    contiguous, nearly equal groups; with more ranks than cores, ranks share cores."""
+    if ranks < 1 or not cores:
+        raise ValueError(f"need at least one rank and one core, got {ranks} ranks, cores {list(cores)}")
+    ordered = sorted(cores)
+    if ranks >= len(ordered):
+        return "|".join(str(ordered[r % len(ordered)]) for r in range(ranks))
+    groups = []
+    for r in range(ranks):
+        part = ordered[r * len(ordered) // ranks : (r + 1) * len(ordered) // ranks]
+        groups.append(",".join(_ranges(part)))
+    return "|".join(groups)
+
+
+def _ranges(cores: list[int]) -> list[str]:
+    """Sorted core ids as ranges: [0, 1, 2, 5] -> ["0-2", "5"]."""
+    out: list[str] = []
+    start = prev = cores[0]
+    for core in [*cores[1:], None]:
+        if core is not None and core == prev + 1:
+            prev = core
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if core is not None:
+            start = prev = core
+    return out
+
+
+def parallel_environment(
+    tp_size: int, dp_size: int, pp_size: int, env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What a CPU server with several ranks needs in its environment (the user's own
+    settings win): a core set per rank, and no NCCL for tensor parallel."""
+    env = os.environ if env is None else env
+    ranks = max(1, tp_size) * max(1, dp_size) * max(1, pp_size)
+    out: dict[str, str] = {}
+    if ranks > 1 and not env.get(THREADS_BIND_ENV):
+        out[THREADS_BIND_ENV] = core_groups(ranks, sorted(os.sched_getaffinity(0)))
+    if tp_size > 1 and not env.get(NCCL_PATH_ENV):
+        out[NCCL_PATH_ENV] = NO_NCCL
+    return out
 
 
 def with_cpu_defaults(argv: Sequence[str]) -> list[str]:

@@ -2,7 +2,8 @@
 
 Same arguments as `python -m sglang.launch_server` (plus `--memento-config`, which
 the plugin adds to every SGLang command line). Without a GPU it applies the CPU
-defaults of `memento_sglang.cpu` first.
+defaults of `memento_sglang.cpu` first, and with several ranks (`--tp-size`,
+`--dp-size`) binds each rank to its own cores (and says so).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from memento_sglang.cpu import apply_cpu_environment, gpu_available, with_cpu_defaults
+from memento_sglang.cpu import apply_cpu_environment, gpu_available, parallel_environment, with_cpu_defaults
 
 
 def server_argv(argv: Sequence[str]) -> list[str]:
@@ -30,6 +31,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     load_plugins()
     server_args = prepare_server_args(server_argv(argv))
+    if not gpu_available():
+        ranks = parallel_environment(server_args.tp_size, server_args.dp_size, server_args.pp_size)
+        for name, value in ranks.items():
+            print(f"memento-sglang: {name}={value} (CPU server with several ranks)", file=sys.stderr)
+        os.environ.update(ranks)
     try:
         run_server(server_args)
     finally:

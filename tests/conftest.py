@@ -68,6 +68,9 @@ SERVERS = [
     ServerSpec("llguidance", ("--memento-config", SERVER_MEMENTO_ON, "--grammar-backend", "llguidance")),
     # outlines: JSON and regex constraints only; the Memento structure is refused per request.
     ServerSpec("outlines", ("--memento-config", SERVER_MEMENTO_ON, "--grammar-backend", "outlines")),
+    # Several ranks in one server: our launcher binds each rank to its own cores.
+    ServerSpec("dp2", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics", "--dp-size", "2")),
+    ServerSpec("tp2", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics", "--tp-size", "2")),
     # The real model of the demo (SmolLM2-135M-Instruct with Memento tokens).
     ServerSpec("smollm2", ("--memento-config", SMOLLM2_MEMENTO_ON), model=smollm2_model_path),
 ]
@@ -109,7 +112,7 @@ SERVER_FIXTURES = {
     "outlines_server": "outlines",
     "smollm2_server": "smollm2",
 }
-PARAMETRIZED_SERVER_FIXTURES = ("any_server", "masked_server", "radix_server")
+PARAMETRIZED_SERVER_FIXTURES = ("any_server", "masked_server", "radix_server", "parallel_server")
 
 
 def servers_needed(item: pytest.Item) -> list[str]:
@@ -195,6 +198,13 @@ def plain_server(server_pool):
 
 @pytest.fixture(params=["default", "no_overlap_no_radix"])
 def any_server(request, server_pool):
+    return server_pool.get(request.param)
+
+
+@pytest.fixture(params=["dp2", "tp2"])
+def parallel_server(request, server_pool):
+    """A server with two ranks: data parallel (two schedulers) or tensor parallel (two
+    shards of every layer)."""
     return server_pool.get(request.param)
 
 

@@ -22,6 +22,7 @@ from memento_sglang.sglang_plugin import (
     attention,
     chat,
     compaction,
+    cpu_threads,
     forward,
     gpu_attention,
     grammar,
@@ -148,7 +149,9 @@ def report_memento_meta_info(original, self, meta_info, state, customized_info, 
 
 
 def install_in_scheduler(result, self, server_args, *args, **kwargs):
-    """Resolve the server config once per scheduler; turn on delayed sampling if needed."""
+    """Resolve the server config once per scheduler; turn on delayed sampling if needed;
+    pin a CPU rank to its cores."""
+    cpu_threads.pin_rank_threads(self.device)
     resolver = settings.make_resolver(
         server_args, self.tokenizer, self.model_config.vocab_size, self.model_config
     )

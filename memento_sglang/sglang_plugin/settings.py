@@ -131,10 +131,16 @@ def unsupported_reason(server_args: Any, model_config: Any = None) -> str | None
 
 def _untested_mode(server_args: Any) -> str | None:
     """Server modes whose interaction with compaction no test covers yet: refused by name."""
-    parallel = {name: getattr(server_args, name, 1) or 1 for name in ("tp_size", "pp_size", "dp_size")}
-    if any(size > 1 for size in parallel.values()):
-        flags = ", ".join(f"--{name.replace('_', '-')} {size}" for name, size in parallel.items() if size > 1)
-        return f"{flags}: Memento runs one scheduler per server for now; run one server per GPU"
+    if (getattr(server_args, "pp_size", 1) or 1) > 1:
+        return (
+            f"--pp-size {server_args.pp_size}: pipeline stages would each compact their own layers "
+            "of a row at different steps; use --tp-size or --dp-size"
+        )
+    if getattr(server_args, "enable_dp_attention", False):
+        return (
+            "--enable-dp-attention: attention ranks hold different requests inside one tensor-parallel "
+            "group, and Memento's masks and compaction are planned per scheduler; use --dp-size without it"
+        )
     if getattr(server_args, "enable_lora", False) or getattr(server_args, "lora_paths", None):
         return "LoRA adapters (--enable-lora, --lora-paths) key the prefix cache by adapter"
     if getattr(server_args, "enable_hierarchical_cache", False):

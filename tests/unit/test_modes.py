@@ -35,8 +35,8 @@ def test_the_cpu_server_shape_is_supported():
 @pytest.mark.parametrize(
     "flags, named",
     [
-        ({"tp_size": 2}, "--tp-size 2"),
-        ({"dp_size": 4, "pp_size": 2}, "--pp-size 2, --dp-size 4"),
+        ({"dp_size": 4, "pp_size": 2}, "--pp-size 2"),
+        ({"dp_size": 2, "enable_dp_attention": True}, "--enable-dp-attention"),
         ({"enable_lora": True}, "--enable-lora"),
         ({"lora_paths": ["adapter=/tmp/a"]}, "--lora-paths"),
         ({"enable_hierarchical_cache": True}, "--enable-hierarchical-cache"),
@@ -47,6 +47,10 @@ def test_the_cpu_server_shape_is_supported():
 def test_untested_modes_are_refused_by_flag(flags, named):
     assert named in settings.unsupported_reason(server_args(**flags))
     assert settings.unsupported_reason(server_args(tp_size=1, dp_size=1, lora_paths=None)) is None
+
+
+def test_tensor_and_data_parallel_are_supported():
+    assert settings.unsupported_reason(server_args(tp_size=2, dp_size=2, pp_size=1)) is None
 
 
 def test_a_prefix_cache_other_than_mementos_is_refused():
