@@ -108,6 +108,25 @@ def parallel_environment(
     return out
 
 
+#: The share of free memory all ranks of a CPU server fill with KV together (one rank
+#: alone takes SGLang's 0.95; each rank process also needs about a gigabyte of its own).
+RANKS_MEMORY_SHARE = 0.8
+
+
+def rank_memory_fraction(ranks: int, argv: Sequence[str]) -> float | None:
+    """`--mem-fraction-static` for each of `ranks` CPU ranks sharing one machine's
+    memory, or None when one rank, or the user sized the pool themselves.
+
+    Each CPU rank sizes its KV pool from the memory free when it starts (SGLang cannot
+    tell how much belongs to each rank once cores are bound), so with the default
+    fraction the first rank takes nearly all of it and the next one runs out.
+    """
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    if ranks <= 1 or given & {"--max-total-tokens", "--mem-fraction-static"}:
+        return None
+    return round(RANKS_MEMORY_SHARE / ranks, 3)
+
+
 def with_cpu_defaults(argv: Sequence[str]) -> list[str]:
     """`argv` plus the CPU flags the user did not set (theirs always win)."""
     out = list(argv)

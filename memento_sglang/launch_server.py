@@ -11,8 +11,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from memento_sglang.cpu import apply_cpu_environment, gpu_available, parallel_environment, with_cpu_defaults
+from memento_sglang.cpu import (
+    apply_cpu_environment,
+    gpu_available,
+    parallel_environment,
+    rank_memory_fraction,
+    with_cpu_defaults,
+)
 
 
 def server_argv(argv: Sequence[str]) -> list[str]:
@@ -32,14 +39,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_plugins()
     server_args = prepare_server_args(server_argv(argv))
     if not gpu_available():
-        ranks = parallel_environment(server_args.tp_size, server_args.dp_size, server_args.pp_size)
-        for name, value in ranks.items():
-            print(f"memento-sglang: {name}={value} (CPU server with several ranks)", file=sys.stderr)
-        os.environ.update(ranks)
+        _share_the_cpu(server_args, argv)
     try:
         run_server(server_args)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
+
+
+def _share_the_cpu(server_args: Any, argv: Sequence[str]) -> None:
+    """Several ranks on one CPU machine: cores and memory split between them (said on stderr)."""
+    env = parallel_environment(server_args.tp_size, server_args.dp_size, server_args.pp_size)
+    for name, value in env.items():
+        print(f"memento-sglang: {name}={value} (CPU server with several ranks)", file=sys.stderr)
+    os.environ.update(env)
+    ranks = server_args.tp_size * server_args.dp_size * server_args.pp_size
+    if (fraction := rank_memory_fraction(ranks, argv)) is not None:
+        server_args.mem_fraction_static = fraction
+        print(
+            f"memento-sglang: --mem-fraction-static {fraction} for each of {ranks} ranks "
+            "(set --max-total-tokens to size the KV pools yourself)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

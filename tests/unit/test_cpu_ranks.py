@@ -7,7 +7,14 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memento_sglang.cpu import NCCL_PATH_ENV, NO_NCCL, THREADS_BIND_ENV, core_groups, parallel_environment
+from memento_sglang.cpu import (
+    NCCL_PATH_ENV,
+    NO_NCCL,
+    THREADS_BIND_ENV,
+    core_groups,
+    parallel_environment,
+    rank_memory_fraction,
+)
 from memento_sglang.sglang_plugin.cpu_threads import rank_cores
 
 
@@ -57,3 +64,11 @@ def test_a_rank_reads_back_its_own_group(ranks, cores):
     groups = [rank_cores(bind, r) for r in range(ranks)]
     assert [c for g in groups for c in g] == [c for group in bind.split("|") for c in _expand(group)]
     assert set().union(*groups) == cores
+
+
+def test_ranks_split_the_memory_unless_the_user_sized_the_pool():
+    assert rank_memory_fraction(1, []) is None
+    assert rank_memory_fraction(2, ["--dp-size", "2"]) == 0.4
+    assert rank_memory_fraction(4, []) == 0.2
+    assert rank_memory_fraction(2, ["--max-total-tokens", "20000"]) is None
+    assert rank_memory_fraction(2, ["--mem-fraction-static=0.3"]) is None
