@@ -113,18 +113,19 @@ def parallel_environment(
 RANKS_MEMORY_SHARE = 0.8
 
 
-def rank_memory_fraction(ranks: int, argv: Sequence[str]) -> float | None:
-    """`--mem-fraction-static` for each of `ranks` CPU ranks sharing one machine's
-    memory, or None when one rank, or the user sized the pool themselves.
+def rank_memory_fraction(ranks: int, numa_nodes: int, *, pool_sized: bool) -> float | None:
+    """`--mem-fraction-static` for each of `ranks` CPU ranks sharing a machine's memory,
+    or None when each rank has a NUMA node's memory to itself, or the user sized the
+    pool (`pool_sized`: `--max-total-tokens` or `--mem-fraction-static`, from any source).
 
-    Each CPU rank sizes its KV pool from the memory free when it starts (SGLang cannot
-    tell how much belongs to each rank once cores are bound), so with the default
-    fraction the first rank takes nearly all of it and the next one runs out.
+    Each CPU rank sizes its KV pool from the memory free when it starts (SGLang divides
+    it by the NUMA nodes, not by the ranks), so with the default fraction the first
+    rank takes nearly all of it and the next one runs out.
     """
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    if ranks <= 1 or given & {"--max-total-tokens", "--mem-fraction-static"}:
+    per_node = ranks / max(1, numa_nodes)
+    if per_node <= 1 or pool_sized:
         return None
-    return round(RANKS_MEMORY_SHARE / ranks, 3)
+    return round(RANKS_MEMORY_SHARE / per_node, 3)
 
 
 def with_cpu_defaults(argv: Sequence[str]) -> list[str]:

@@ -36,25 +36,44 @@ class InFlight:
     random step. A cycle of length L is under way for L steps, so it is picked in
     proportion to L (a length-biased draw) and is then 0..L-1 tokens along.
     `rest(progress)`: how long a cycle already `progress` tokens along still runs, on
-    average (over the cycles seen that were longer).
+    average (over the cycles seen that were longer). `kept_noise`: the variance of what
+    one cycle leaves around `kept_share * length` (mementos vary); `rate_variance`: the
+    variance of the learned kept share itself, an error every row shares.
     """
 
     mean: float
     variance: float
     cycle_variance: float
+    cycle_mean: float = 1.0
+    kept_noise: float = 0.0
+    rate_variance: float = 0.0
     sorted_lengths: tuple[int, ...] = field(default=(), repr=False)
     suffix_sums: tuple[int, ...] = field(default=(), repr=False)  # [i] = sum(sorted_lengths[i:])
 
     @classmethod
-    def of(cls, lengths: deque[int] | list[int]) -> InFlight:
+    def of(cls, lengths: deque[int] | list[int], kept: deque[int] | list[int] | None = None) -> InFlight:
         steps = sum(lengths)
         mean = sum(n * (n - 1) / 2 for n in lengths) / steps
         square = sum((n - 1) * n * (2 * n - 1) / 6 for n in lengths) / steps
         cycle_mean = steps / len(lengths)
         cycle_variance = sum((n - cycle_mean) ** 2 for n in lengths) / len(lengths)
+        kept_noise = 0.0
+        if kept is not None:
+            share = sum(kept) / steps
+            kept_noise = sum((k - share * n) ** 2 for k, n in zip(kept, lengths, strict=True)) / len(lengths)
+        rate_variance = kept_noise / (len(lengths) * cycle_mean**2)
         ordered = tuple(sorted(lengths))
         suffix = tuple(accumulate(reversed(ordered)))[::-1] + (0,)
-        return cls(mean, max(0.0, square - mean * mean), cycle_variance, ordered, suffix)
+        return cls(
+            mean,
+            max(0.0, square - mean * mean),
+            cycle_variance,
+            cycle_mean,
+            kept_noise,
+            rate_variance,
+            ordered,
+            suffix,
+        )
 
     def rest(self, progress: int) -> float | None:
         first = bisect_right(self.sorted_lengths, progress)
@@ -158,7 +177,7 @@ class CycleStats:
             cycle_tokens=_quantile(self._lengths, self._quantile),
             kept_share=sum(self._kept) / sum(self._lengths),
             longest_cycle=longest,
-            in_flight=InFlight.of(self._lengths),
+            in_flight=InFlight.of(self._lengths, self._kept),
         )
 
 
@@ -185,28 +204,39 @@ def memento_growth(remaining: int, open_cycle_tokens: int, keep_last_n_blocks: i
     open_part = max(0, cycle - open_cycle_tokens)
     open_part = min(remaining, open_part + max(0, keep_last_n_blocks) * bounds.cycle_tokens)
     total = open_part + math.ceil(bounds.kept_share * (remaining - open_part))
-    expected = _expected_open(open_cycle_tokens, keep_last_n_blocks, bounds)
+    expected = _expected_open(open_cycle_tokens, keep_last_n_blocks, remaining, bounds)
     if expected is None:
         return Growth(open_part, min(remaining, total), bounds.kept_share)
     return Growth(open_part, min(remaining, total), bounds.kept_share, *expected)
 
 
 def _expected_open(
-    progress: int, keep_last_n_blocks: int, bounds: CycleBounds
+    progress: int, keep_last_n_blocks: int, remaining: int, bounds: CycleBounds
 ) -> tuple[float, float, float] | None:
-    """The expectation of a row's open part: the rest of its cycle under way, then
-    (renewal) a typical in-flight cycle in place of what it had written, and the
-    `keep_last_n_blocks` visible cycles replaced by as many new ones: (level relative
-    to now, its variance, the rest). None for a cycle already past the typical bound:
-    its end is not known."""
+    """The expectation of a row's open part: (level relative to now, its variance, the
+    rest of the cycle under way). None for a cycle already past the typical bound: its
+    end is not known.
+
+    After the cycle under way closes (in `rest` tokens) the row runs fresh cycles: a
+    delayed renewal, whose expected number of closes by step `s` is
+    `(s - rest + E[in flight]) / E[L]`, each leaving `kept_share * E[L]` on average. The
+    row then holds `E[in flight] - progress + kept_share * (s - rest + E[in flight])`
+    more than now; `keep_last_n_blocks` visible cycles are replaced by as many new ones.
+    The variance adds each future cycle's kept noise over the `remaining` tokens.
+    """
     flight = bounds.in_flight
     if flight is None or progress >= bounds.cycle_tokens:
         return None
     rest = flight.rest(progress)
     if rest is None:
         return None
-    variance = flight.variance + max(0, keep_last_n_blocks) * flight.cycle_variance
-    return flight.mean - progress, variance, rest
+    level = flight.mean - progress + bounds.kept_share * (flight.mean - rest)
+    variance = (
+        flight.variance
+        + max(0, keep_last_n_blocks) * flight.cycle_variance
+        + remaining / flight.cycle_mean * flight.kept_noise
+    )
+    return level, variance, rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +283,9 @@ def _peak(row_changes: Iterable[tuple[float, bool, float, float]], rows: int) ->
     return peak
 
 
-def pooled_reservation(rows: list[RunningRow], margin_sigmas: float | None) -> int:
+def pooled_reservation(
+    rows: list[RunningRow], margin_sigmas: float | None, rate_variance: float = 0.0
+) -> int:
     """What the running batch is reserved: its joint bound (`pooled_growth`), or, with
     `margin_sigmas`, at most its expected joint growth plus that many standard
     deviations of it.
@@ -261,16 +293,20 @@ def pooled_reservation(rows: list[RunningRow], margin_sigmas: float | None) -> i
     The bound keeps a p95-long cycle open in every row at once. Over many rows that is
     rare: rows are at different points of their cycles, each closed block leaves, and
     the batch grows by the kept share on average (`Growth.expected_open`). The spread of
-    the sum grows like sqrt(n) where the bound's margin grows like n. A bet that loses
-    makes SGLang retract a row, which keeps its work (the Memento radix cache), and the
-    estimator turns cautious (`back_off`: no expectations until enough cycles closed).
+    the rows' own noise grows like sqrt(n) where the bound's margin grows like n; the
+    learned kept share's error (`rate_variance`) is common to all rows and adds up
+    linearly. A bet that loses makes SGLang retract a row, which keeps its work (the
+    Memento radix cache), and the estimator turns cautious (`back_off`: no
+    expectations until enough cycles closed).
     """
     bound = pooled_growth(rows)
     if margin_sigmas is None or all(r.growth.expected_open is None for r in rows):
         return bound
-    variance = sum(r.growth.open_variance for r in rows)
+    expected_rows = [r for r in rows if r.growth.expected_open is not None]
+    own_noise = sum(r.growth.open_variance for r in expected_rows)
+    shared = rate_variance * sum(r.remaining for r in expected_rows) ** 2
     expected = _peak((change for r in rows for change in _expected_changes(r)), len(rows))
-    return min(bound, math.ceil(expected + margin_sigmas * math.sqrt(variance) - 1e-6))
+    return min(bound, math.ceil(expected + margin_sigmas * math.sqrt(own_noise + shared) - 1e-6))
 
 
 def _expected_changes(row: RunningRow) -> list[tuple[float, bool, float, float]]:

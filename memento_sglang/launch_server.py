@@ -39,21 +39,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_plugins()
     server_args = prepare_server_args(server_argv(argv))
     if not gpu_available():
-        _share_the_cpu(server_args, argv)
+        _share_the_cpu(server_args)
     try:
         run_server(server_args)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
 
 
-def _share_the_cpu(server_args: Any, argv: Sequence[str]) -> None:
+def _share_the_cpu(server_args: Any) -> None:
     """Several ranks on one CPU machine: cores and memory split between them (said on stderr)."""
     env = parallel_environment(server_args.tp_size, server_args.dp_size, server_args.pp_size)
     for name, value in env.items():
         print(f"memento-sglang: {name}={value} (CPU server with several ranks)", file=sys.stderr)
     os.environ.update(env)
+    from sglang.srt.utils.common import get_cpu_ids_by_node
+
     ranks = server_args.tp_size * server_args.dp_size * server_args.pp_size
-    if (fraction := rank_memory_fraction(ranks, argv)) is not None:
+    sized = server_args.max_total_tokens is not None or server_args.mem_fraction_static is not None
+    fraction = rank_memory_fraction(ranks, len(get_cpu_ids_by_node()) or 1, pool_sized=sized)
+    if fraction is not None:
         server_args.mem_fraction_static = fraction
         print(
             f"memento-sglang: --mem-fraction-static {fraction} for each of {ranks} ranks "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sglang.srt.managers import schedule_policy
@@ -48,6 +49,8 @@ class AdmissionEstimator:
         #: the running batch's margin over its expected growth (None: the bound, no bet)
         self.margin_sigmas = margin_sigmas
         self.cycles = CycleStats()
+        #: the last running-batch reservation was below the joint bound (a bet is on)
+        self.betting = False
 
     def observe(self, seq: MementoSequence) -> None:
         if not self.learning:
@@ -67,7 +70,7 @@ class AdmissionEstimator:
         stock = min(remaining, _STOCK_CLIP)
         if growth.total <= stock:
             return growth
-        return Growth(min(growth.open, stock), stock, growth.rate, growth.expected_open, growth.open_variance)
+        return replace(growth, open=min(growth.open, stock), total=stock)
 
     def pooled_correction(self, reqs: list[Req], synced: Callable[[Any], MementoSequence | None]) -> float:
         """How much less the running batch needs than the sum of its rows' bounds.
@@ -83,14 +86,23 @@ class AdmissionEstimator:
             if growth is not None:
                 remaining = max(req.sampling_params.max_new_tokens - len(req.output_ids), 0)
                 rows.append(RunningRow(own=_freed_at_finish(req), growth=growth, remaining=remaining))
+        self.betting = False
         if len(rows) < 2:
             return 0.0
-        return pooled_reservation(rows, self.margin_sigmas) - sum(row.growth.total for row in rows)
+        bounds = self.cycles.bounds()
+        rate_variance = 0.0 if bounds is None or bounds.in_flight is None else bounds.in_flight.rate_variance
+        reserved = pooled_reservation(rows, self.margin_sigmas, rate_variance)
+        self.betting = reserved < pooled_reservation(rows, None)
+        return reserved - sum(row.growth.total for row in rows)
 
     def on_retraction(self, seq: MementoSequence | None) -> None:
-        """SGLang retracted a request admitted on the Memento estimate: back off."""
-        if seq is not None and seq.stats().admission_growth_bound is not None:
+        """SGLang retracted a request for memory: if it was admitted on the Memento
+        estimate, or the running batch was reserved on a bet (SGLang picks the row to
+        retract itself, whatever made the pool run short), back off."""
+        admitted_on_estimate = seq is not None and seq.stats().admission_growth_bound is not None
+        if admitted_on_estimate or self.betting:
             self.cycles.back_off()
+            self.betting = False
 
 
 def _freed_at_finish(req: Req) -> int:

@@ -41,11 +41,18 @@ def pin_rank_threads(device: str) -> list[int] | None:
     if device != "cpu" or not bind or bootstrap._is_cpu_amx_available or bootstrap._is_cpu_arm64:
         return None
     device_id = get_device().gpu_id  # what SGLang indexes the bind groups by
-    cores = rank_cores(bind, device_id)
+    try:
+        cores = rank_cores(bind, device_id)
+        os.sched_setaffinity(0, cores)  # a core that does not exist fails here, once
+    except (ValueError, OSError) as exc:  # SGLang itself only logs on such hosts
+        logger.warning(
+            "memento-sglang: %s=%r not applied to rank %d: %s", THREADS_BIND_ENV, bind, device_id, exc
+        )
+        return None
     for task in Path("/proc/self/task").iterdir():  # the thread pool already running too
         try:
             os.sched_setaffinity(int(task.name), cores)
-        except (ProcessLookupError, PermissionError):  # a thread that just ended
+        except OSError:  # a thread that just ended
             continue
     torch.set_num_threads(len(set(cores)))
     logger.info("memento-sglang: rank %d pinned to cores %s", device_id, cores)

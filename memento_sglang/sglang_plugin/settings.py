@@ -136,11 +136,16 @@ def _untested_mode(server_args: Any) -> str | None:
             f"--pp-size {server_args.pp_size}: pipeline stages would each compact their own layers "
             "of a row at different steps; use --tp-size or --dp-size"
         )
-    if getattr(server_args, "enable_dp_attention", False):
+    attn_dp = getattr(server_args, "attn_dp_size", 1) or 1
+    if attn_dp > 1 or getattr(server_args, "enable_dp_attention", False):
         return (
-            "--enable-dp-attention: attention ranks hold different requests inside one tensor-parallel "
-            "group, and Memento's masks and compaction are planned per scheduler; use --dp-size without it"
+            f"--attn-dp-size {attn_dp} (DP attention): attention ranks hold different requests inside one "
+            "tensor-parallel group, and Memento's masks and compaction are planned per scheduler; "
+            "use --dp-size without it"
         )
+    for name, flag in (("attn_cp_size", "--attn-cp-size"), ("dcp_size", "--dcp-size")):
+        if (size := getattr(server_args, name, 1) or 1) > 1:
+            return f"{flag} {size}: KV split across ranks by position, which row compaction would break"
     if getattr(server_args, "enable_lora", False) or getattr(server_args, "lora_paths", None):
         return "LoRA adapters (--enable-lora, --lora-paths) key the prefix cache by adapter"
     if getattr(server_args, "enable_hierarchical_cache", False):

@@ -74,3 +74,21 @@ def test_a_priority_preemption_keeps_the_learned_bounds(estimator):
     with rt.releases.for_memory():
         rt.on_retraction(seq)
     assert estimator.cycles.cautious
+
+
+def test_a_lost_bet_backs_off_whichever_row_sglang_retracts(estimator):
+    """SGLang picks the row to retract itself: a plain request, or a Memento one admitted
+    before anything was learned. If the running batch was reserved on a bet, any
+    retraction for memory ends the bet."""
+    rt = MementoRuntime(admission=estimator)
+    estimator.betting = True
+    with rt.releases.for_memory():
+        rt.on_retraction(None)  # a plain request
+    assert estimator.cycles.cautious and not estimator.betting
+    assert estimator.cycles.bounds().in_flight is None  # no expectations while cautious
+
+
+def test_the_stock_clip_keeps_the_expectation(estimator):
+    req, seq = request(STOCK * 10)
+    growth = estimator.growth(req, seq)
+    assert growth.total == STOCK and growth.expected_open is not None and growth.expected_rest > 0

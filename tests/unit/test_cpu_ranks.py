@@ -67,8 +67,9 @@ def test_a_rank_reads_back_its_own_group(ranks, cores):
 
 
 def test_ranks_split_the_memory_unless_the_user_sized_the_pool():
-    assert rank_memory_fraction(1, []) is None
-    assert rank_memory_fraction(2, ["--dp-size", "2"]) == 0.4
-    assert rank_memory_fraction(4, []) == 0.2
-    assert rank_memory_fraction(2, ["--max-total-tokens", "20000"]) is None
-    assert rank_memory_fraction(2, ["--mem-fraction-static=0.3"]) is None
+    assert rank_memory_fraction(1, 1, pool_sized=False) is None
+    assert rank_memory_fraction(2, 1, pool_sized=False) == 0.4
+    assert rank_memory_fraction(4, 1, pool_sized=False) == 0.2
+    assert rank_memory_fraction(4, 2, pool_sized=False) == 0.4  # SGLang already splits by node
+    assert rank_memory_fraction(2, 2, pool_sized=False) is None  # a node's memory each
+    assert rank_memory_fraction(2, 1, pool_sized=True) is None

@@ -36,7 +36,10 @@ def test_the_cpu_server_shape_is_supported():
     "flags, named",
     [
         ({"dp_size": 4, "pp_size": 2}, "--pp-size 2"),
-        ({"dp_size": 2, "enable_dp_attention": True}, "--enable-dp-attention"),
+        ({"dp_size": 2, "enable_dp_attention": True}, "DP attention"),
+        ({"tp_size": 2, "attn_dp_size": 2}, "--attn-dp-size 2"),
+        ({"tp_size": 2, "attn_cp_size": 2}, "--attn-cp-size 2"),
+        ({"tp_size": 2, "dcp_size": 2}, "--dcp-size 2"),
         ({"enable_lora": True}, "--enable-lora"),
         ({"lora_paths": ["adapter=/tmp/a"]}, "--lora-paths"),
         ({"enable_hierarchical_cache": True}, "--enable-hierarchical-cache"),
