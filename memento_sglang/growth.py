@@ -303,10 +303,22 @@ def pooled_reservation(
     if margin_sigmas is None or all(r.growth.expected_open is None for r in rows):
         return bound
     expected_rows = [r for r in rows if r.growth.expected_open is not None]
-    own_noise = sum(r.growth.open_variance for r in expected_rows)
     shared = rate_variance * sum(r.remaining for r in expected_rows) ** 2
     expected = _peak((change for r in rows for change in _expected_changes(r)), len(rows))
-    return min(bound, math.ceil(expected + margin_sigmas * math.sqrt(own_noise + shared) - 1e-6))
+    return min(
+        bound, math.ceil(expected + margin_sigmas * math.sqrt(_row_noise(expected_rows) + shared) - 1e-6)
+    )
+
+
+def _row_noise(rows: list[RunningRow]) -> float:
+    """The variance of the rows' summed growth. Rows at the same point of their cycle
+    (requests that started together on the same trace shape) move together: their
+    deviations add up (the square of the summed deviations), not their variances."""
+    in_step: dict[tuple[float, float], float] = {}
+    for r in rows:
+        key = (round(r.growth.expected_rest, 6), round(r.growth.expected_open or 0.0, 6))
+        in_step[key] = in_step.get(key, 0.0) + math.sqrt(r.growth.open_variance)
+    return sum(deviation**2 for deviation in in_step.values())
 
 
 def _expected_changes(row: RunningRow) -> list[tuple[float, bool, float, float]]:

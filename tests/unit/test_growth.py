@@ -304,3 +304,22 @@ def test_after_a_retraction_there_is_no_bet():
     cautious = stats.bounds()
     assert cautious.in_flight is None
     assert memento_growth(100, 3, 0, cautious).expected_open is None
+
+
+def test_rows_in_step_move_together():
+    """Rows at the same point of their cycles (requests that started together on one
+    trace shape) deviate together: their margin is n standard deviations, not sqrt(n);
+    rows at different points keep the sqrt(n) margin."""
+    rng = random.Random(5)
+    _, bounds = _learned(rng, lambda: 14)
+    in_step = [RunningRow(30, memento_growth(600, 10, 0, bounds), 600) for _ in range(16)]
+    spread = [RunningRow(30, memento_growth(600, 10 + i, 0, bounds), 600) for i in range(16)]
+
+    def margin(rows):
+        return pooled_reservation(rows, 1.0) - pooled_reservation(rows, 0.0)
+
+    sd = math.sqrt(in_step[0].growth.open_variance)
+    assert margin(in_step) == pytest.approx(16 * sd, abs=2) or pooled_reservation(
+        in_step, 1.0
+    ) == pooled_growth(in_step)
+    assert margin(spread) < 6 * sd  # about 4 sd: sqrt(16)
