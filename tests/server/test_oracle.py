@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 from tests.support.client import (
-    SERVER_DEFAULT,
-    assert_matches_reference,
     chat_prompt,
-    memento_body,
-    opt_in,
-    rule_of,
+    mixed_jobs,
     run_and_check,
+    run_concurrently_and_check,
 )
 
 pytestmark = pytest.mark.server
@@ -72,20 +67,7 @@ def test_max_block_tokens_forces_block_end(any_server, reference, tokenizer, tok
 
 
 def test_concurrent_requests_of_different_lengths(any_server, reference, tokenizer, token_ids):
-    jobs = []
-    for i in range(8):
-        prompt = chat_prompt(tokenizer, "Question number " + " seven" * i + "?")
-        blocks = [(4 + (i * 3) % 9, 1 + i % 3)] * (1 + i % 4)
-        memento = {"keep_last_n_blocks": i % 3, "mask_delimiters": bool(i % 2)}
-        jobs.append((prompt, blocks, memento))
-    with ThreadPoolExecutor(8) as pool:
-        outs = list(
-            pool.map(lambda j: any_server.generate(memento_body(j[0], j[1], memento=opt_in(j[2]))), jobs)
-        )
-    for (prompt, blocks, memento), out in zip(jobs, outs, strict=True):
-        rule = rule_of(memento, SERVER_DEFAULT)
-        assert_matches_reference(reference, token_ids, prompt, out["output_ids"], rule)
-        assert out["meta_info"]["memento"]["blocks_closed"] == len(blocks)
+    run_concurrently_and_check(any_server, reference, token_ids, mixed_jobs(tokenizer, "Question number"))
 
 
 def test_prompt_ending_inside_a_block(any_server, reference, tokenizer, token_ids):

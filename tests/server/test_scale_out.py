@@ -4,21 +4,17 @@ the HF oracle, Memento's stats and metrics counted once per request."""
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from memento_sglang.cpu import THREADS_BIND_ENV
 from tests.support.client import (
-    SERVER_DEFAULT,
-    assert_matches_reference,
     chat_prompt,
-    memento_body,
-    opt_in,
+    mixed_jobs,
     prompt_with_closed_blocks,
-    rule_of,
     run_and_check,
+    run_concurrently_and_check,
 )
 
 pytestmark = pytest.mark.server
@@ -49,20 +45,8 @@ def test_concurrent_requests_are_exact_and_counted_once(parallel_server, referen
     """Requests spread over the ranks (data parallel) or run on every shard (tensor
     parallel); the plugin's counters grow by each request's own stats, once."""
     before = _evicted_counter(parallel_server)
-    jobs = []
-    for i in range(8):
-        prompt = chat_prompt(tokenizer, "Scale out question" + " again" * i + "?")
-        blocks = [(4 + (i * 5) % 9, 1 + i % 3)] * (1 + i % 4)
-        memento = {"keep_last_n_blocks": i % 2, "mask_delimiters": bool(i % 2)}
-        jobs.append((prompt, blocks, memento))
-    with ThreadPoolExecutor(8) as pool:
-        outs = list(
-            pool.map(lambda j: parallel_server.generate(memento_body(j[0], j[1], memento=opt_in(j[2]))), jobs)
-        )
-    for (prompt, blocks, memento), out in zip(jobs, outs, strict=True):
-        rule = rule_of(memento, SERVER_DEFAULT)
-        assert_matches_reference(reference, token_ids, prompt, out["output_ids"], rule)
-        assert out["meta_info"]["memento"]["blocks_closed"] == len(blocks)
+    jobs = mixed_jobs(tokenizer, "Scale out question", step=5, keeps=2)
+    outs = run_concurrently_and_check(parallel_server, reference, token_ids, jobs)
     evicted = sum(out["meta_info"]["memento"]["blocks_evicted"] for out in outs)
     assert evicted > 0 and _evicted_counter(parallel_server) - before == evicted
     if parallel_server.spec.name == "dp2":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from memento_sglang.frontend.structural_tag import BlockBudget, memento_structural_tag
 from tests.support.mask_rule import hidden_spans, visible_matrix
@@ -120,3 +121,25 @@ def run_and_check(server, reference, token_ids, prompt, blocks, memento=None, *,
     resumed = 1 if kw.get("resume_open_block") else 0
     assert stats["blocks_closed"] == prompt_blocks + len(blocks) + resumed
     return out, stats
+
+
+def mixed_jobs(tokenizer, question: str, n: int = 8, step: int = 3, keeps: int = 3) -> list[tuple]:
+    """`n` requests of different lengths and per-request policies: (prompt, blocks, memento)."""
+    jobs = []
+    for i in range(n):
+        prompt = chat_prompt(tokenizer, question + " again" * i + "?")
+        blocks = [(4 + (i * step) % 9, 1 + i % 3)] * (1 + i % 4)
+        memento = {"keep_last_n_blocks": i % keeps, "mask_delimiters": bool(i % 2)}
+        jobs.append((prompt, blocks, memento))
+    return jobs
+
+
+def run_concurrently_and_check(server, reference, token_ids, jobs: list[tuple]) -> list[dict]:
+    """Send every job at once; each output equals the HF oracle and closes its blocks."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        outs = list(pool.map(lambda j: server.generate(memento_body(j[0], j[1], memento=opt_in(j[2]))), jobs))
+    for (prompt, blocks, memento), out in zip(jobs, outs, strict=True):
+        rule = rule_of(memento, SERVER_DEFAULT)
+        assert_matches_reference(reference, token_ids, prompt, out["output_ids"], rule)
+        assert out["meta_info"]["memento"]["blocks_closed"] == len(blocks)
+    return outs

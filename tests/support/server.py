@@ -38,6 +38,18 @@ MAX_STARTING = int(os.environ.get("MEMENTO_TEST_MAX_STARTING", min(2, os.cpu_cou
 START_TIMEOUT_S = float(os.environ.get("MEMENTO_TEST_START_TIMEOUT", "600"))
 
 
+def _default_max_alive() -> int:
+    """Servers alive at once: each holds ~2-4 GB in its 3-5 processes (launcher, scheduler(s),
+    detokenizer); eleven at once ran 24 GB out of memory."""
+    total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return max(2, int(total_gb // 3.5))
+
+
+#: At most this many servers are started ahead of need and kept alive at once; a server a
+#: test is waiting for starts anyway (so no test can wait on servers later tests hold).
+MAX_ALIVE = int(os.environ.get("MEMENTO_TEST_MAX_ALIVE", _default_max_alive()))
+
+
 class ServerStartError(RuntimeError):
     """A server configuration did not come up; names it, says how long it took, shows its log."""
 
@@ -180,11 +192,14 @@ class ServerPool:
         model_path: Path,
         *,
         max_starting: int = MAX_STARTING,
+        max_alive: int = MAX_ALIVE,
         start_timeout: float = START_TIMEOUT_S,
     ) -> None:
         self._specs = {s.name: s for s in specs}
         self._model_path = model_path
         self._max_starting = max_starting
+        self._max_alive = max_alive
+        self._wanted: set[str] = set()  # servers a test is waiting for
         self._start_timeout = start_timeout
         self._cv = threading.Condition()
         self._queue: list[str] = []
@@ -212,9 +227,11 @@ class ServerPool:
                 self._queue.remove(name)
             if not self._known(name):
                 self._queue.insert(0, name)
+            self._wanted.add(name)
             self._wake()
             while name not in self._ready and name not in self._failed:
                 self._cv.wait(timeout=1.0)
+            self._wanted.discard(name)
             if name in self._failed:
                 raise self._failed[name]
             return self._ready[name]
@@ -224,6 +241,7 @@ class ServerPool:
         ~2 GB are free for the rest of the session (7 servers fill most of 24 GB)."""
         with self._cv:
             server = self._ready.pop(name, None)
+            self._cv.notify_all()  # room for the next server
         if server is None:
             return
         try:
@@ -275,7 +293,12 @@ class ServerPool:
                     return
                 launch = []
                 while self._queue and len(self._starting) < self._max_starting:
-                    name = self._queue.pop(0)
+                    name = next((n for n in self._queue if n in self._wanted), None)
+                    if name is None:  # ahead of need: only while there is room
+                        if len(self._starting) + len(self._ready) >= self._max_alive:
+                            break
+                        name = self._queue[0]
+                    self._queue.remove(name)
                     self._starting[name] = None
                     launch.append(name)
             for name in launch:
