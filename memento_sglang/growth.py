@@ -300,14 +300,21 @@ def pooled_reservation(
     expectations until enough cycles closed).
     """
     bound = pooled_growth(rows)
+    bet = expected_reservation(rows, margin_sigmas, rate_variance)
+    return bound if bet is None else min(bound, bet)
+
+
+def expected_reservation(
+    rows: list[RunningRow], margin_sigmas: float | None, rate_variance: float = 0.0
+) -> int | None:
+    """The bet alone (see `pooled_reservation`): the rows' expected joint growth plus
+    `margin_sigmas` standard deviations; None when there is no bet to make."""
     if margin_sigmas is None or all(r.growth.expected_open is None for r in rows):
-        return bound
+        return None
     expected_rows = [r for r in rows if r.growth.expected_open is not None]
     shared = rate_variance * sum(r.remaining for r in expected_rows) ** 2
     expected = _peak((change for r in rows for change in _expected_changes(r)), len(rows))
-    return min(
-        bound, math.ceil(expected + margin_sigmas * math.sqrt(_row_noise(expected_rows) + shared) - 1e-6)
-    )
+    return math.ceil(expected + margin_sigmas * math.sqrt(_row_noise(expected_rows) + shared) - 1e-6)
 
 
 def _row_noise(rows: list[RunningRow]) -> float:

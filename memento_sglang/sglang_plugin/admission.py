@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from sglang.srt.managers import schedule_policy
 from sglang.srt.mem_cache.radix_cache import TreeNode
 
-from memento_sglang.growth import CycleStats, Growth, RunningRow, pooled_reservation
+from memento_sglang.growth import CycleStats, Growth, RunningRow, expected_reservation, pooled_growth
 from memento_sglang.sequence import MementoSequence
 
 if TYPE_CHECKING:
@@ -91,8 +91,10 @@ class AdmissionEstimator:
             return 0.0
         bounds = self.cycles.bounds()
         rate_variance = 0.0 if bounds is None or bounds.in_flight is None else bounds.in_flight.rate_variance
-        reserved = pooled_reservation(rows, self.margin_sigmas, rate_variance)
-        self.betting = reserved < pooled_reservation(rows, None)
+        bound = pooled_growth(rows)
+        bet = expected_reservation(rows, self.margin_sigmas, rate_variance)
+        self.betting = bet is not None and bet < bound
+        reserved = bound if bet is None else min(bound, bet)
         return reserved - sum(row.growth.total for row in rows)
 
     def on_retraction(self, seq: MementoSequence | None) -> None:
