@@ -178,11 +178,20 @@ class MementoSequence:
         """How the Memento radix tree keys the first `length` slots of the row."""
         return radix_key(self._ids, self.map, length)
 
-    def insert_limit(self) -> int:
+    def insert_limit(self, page_size: int = 1) -> int:
         """Row slots the tree may own: none past the end of a span that may still
-        leave the row (the KV after it would change meaning when it does)."""
+        leave the row (the KV after it would change meaning when it does).
+
+        With pages (`page_size` > 1) none of the page where such a span starts either:
+        compaction then rewrites and frees only pages the request owns.
+        """
         ends = [ev.end for ev in self._due] + self.tracker.pending_span_ends()
-        return min(self.map.to_physical(e) for e in [self.total_len, *ends])
+        limit = min(self.map.to_physical(e) for e in [self.total_len, *ends])
+        if page_size == 1:
+            return limit
+        starts = [ev.start for ev in self._due] + self.tracker.pending_span_starts()
+        limit = min([limit, *(self.map.to_physical(s) for s in starts)])
+        return limit // page_size * page_size
 
     def prospective_key(self) -> array:
         """For a request without KV: its key with every decided span already gone."""
@@ -194,17 +203,20 @@ class MementoSequence:
         self._forget_applied()
         self._reused = (0, 0)
 
-    def adopt_cached_prefix(self, matched: int, logical_limit: int) -> int:
+    def adopt_cached_prefix(self, matched: int, logical_limit: int, page_size: int = 1) -> int:
         """Take `matched` slots of `prospective_key()` from the tree, cut where exact.
 
         A cut may not fall inside a memento whose block it skipped (the memento's
         remaining tokens must attend to the block), nor past an unsettled span or
-        `logical_limit`. Spans the cut covers are applied to the map at once; the
-        rest are prefilled under the mask. Returns the reused slot count.
+        `logical_limit`, and is a whole number of pages. Spans the cut covers are
+        applied to the map at once; the rest are prefilled under the mask. Returns
+        the reused slot count.
         """
         spans = self._due_spans()
         pending = [spans.to_physical(e) for e in self.tracker.pending_span_ends()]
-        cut = min([matched, spans.physical_limit(logical_limit), *pending])
+        if page_size > 1:  # the tree may hold no page a span that can still leave starts in
+            pending += [spans.to_physical(s) for s in self.tracker.pending_span_starts()]
+        cut = min([matched, spans.physical_limit(logical_limit), *pending]) // page_size * page_size
         while True:
             covered = [ev for ev in self._due if spans.to_physical(ev.end) < cut]
             inside = [
@@ -213,7 +225,7 @@ class MementoSequence:
             ]  # fmt: skip
             if not inside:
                 break
-            cut = min(inside)  # the span's own slot: stop right before it
+            cut = min(inside) // page_size * page_size  # the span's own slot: stop before it
         logical = cut + sum(ev.size for ev in covered)
         for ev in covered:
             self.apply_eviction(ev)

@@ -279,6 +279,18 @@ class BlockTracker:
             ends.append(self._span(self._block_start, self._block_end)[1])
         return ends
 
+    def pending_span_starts(self) -> list[int]:
+        """Starts of spans that may still leave the cache: those of `pending_span_ends`,
+        and the open block's (its end is not known yet). With paged KV the prefix tree
+        stops before the page of the first of them."""
+        blocks = [*self._pending, *([self._deferred] if self._deferred is not None else [])]
+        starts = [self._span(b.block_start, b.block_end)[0] for b in blocks]
+        cfg = self._cfg
+        evicts = cfg.compact_on_summary_end and cfg.keep_last_n_blocks >= 0
+        if evicts and self._phase in (Phase.IN_BLOCK, Phase.AWAIT_SUMMARY, Phase.IN_SUMMARY):
+            starts.append(self._span(self._block_start, self._block_start)[0])
+        return starts
+
     def _span(self, block_start: int, block_end: int) -> tuple[int, int]:
         """The logical `[start, end)` a closed block leaves, per the delimiter policy."""
         if self._cfg.restart_mode or self._cfg.mask_delimiters:

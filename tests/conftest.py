@@ -71,6 +71,19 @@ SERVERS = [
     # Several ranks in one server: our launcher binds each rank to its own cores.
     ServerSpec("dp2", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics", "--dp-size", "2")),
     ServerSpec("tp2", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics", "--tp-size", "2")),
+    # Paged KV: rows stay page-consecutive, partial pages' survivors move; SGLang's paged
+    # allocator checks every row's layout (SGLANG_DEBUG_MEMORY_POOL). Overlap on at 16,
+    # off at 64 (a page longer than most blocks: most spans fall inside one page).
+    ServerSpec(
+        "paged16",
+        ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics", "--page-size", "16"),
+        env=(("SGLANG_DEBUG_MEMORY_POOL", "1"),),
+    ),
+    ServerSpec(
+        "paged64",
+        ("--memento-config", SERVER_MEMENTO_ON, "--page-size", "64", "--disable-overlap-schedule"),
+        env=(("SGLANG_DEBUG_MEMORY_POOL", "1"),),
+    ),
     # The real model of the demo (SmolLM2-135M-Instruct with Memento tokens).
     ServerSpec("smollm2", ("--memento-config", SMOLLM2_MEMENTO_ON), model=smollm2_model_path),
 ]
@@ -111,8 +124,16 @@ SERVER_FIXTURES = {
     "llguidance_server": "llguidance",
     "outlines_server": "outlines",
     "smollm2_server": "smollm2",
+    "paged16_server": "paged16",
 }
-PARAMETRIZED_SERVER_FIXTURES = ("any_server", "masked_server", "radix_server", "parallel_server")
+PARAMETRIZED_SERVER_FIXTURES = (
+    "any_server",
+    "masked_server",
+    "radix_server",
+    "parallel_server",
+    "paged_server",
+    "unpaged_or_paged_server",
+)
 
 
 def servers_needed(item: pytest.Item) -> list[str]:
@@ -196,7 +217,7 @@ def plain_server(server_pool):
     return server_pool.get("no_overlap_no_radix")
 
 
-@pytest.fixture(params=["default", "no_overlap_no_radix"])
+@pytest.fixture(params=["default", "no_overlap_no_radix", "paged16", "paged64"])
 def any_server(request, server_pool):
     return server_pool.get(request.param)
 
@@ -208,14 +229,29 @@ def parallel_server(request, server_pool):
     return server_pool.get(request.param)
 
 
-@pytest.fixture(params=["default", "no_overlap_no_radix", "chunked"])
+@pytest.fixture(params=["default", "no_overlap_no_radix", "chunked", "paged16"])
 def masked_server(request, server_pool):
     return server_pool.get(request.param)
 
 
-@pytest.fixture(params=["default", "chunked"])
+@pytest.fixture(params=["default", "chunked", "paged16", "paged64"])
 def radix_server(request, server_pool):
     return server_pool.get(request.param)
+
+
+@pytest.fixture(params=["paged16", "paged64"])
+def paged_server(request, server_pool):
+    return server_pool.get(request.param)
+
+
+@pytest.fixture(params=["default", "paged16"])
+def unpaged_or_paged_server(request, server_pool):
+    return server_pool.get(request.param)
+
+
+@pytest.fixture(scope="session")
+def paged16_server(server_pool):
+    return server_pool.get("paged16")
 
 
 @pytest.fixture(scope="session")

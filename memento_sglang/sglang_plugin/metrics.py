@@ -6,6 +6,8 @@ SGLang's multiprocess registry serves them from the HTTP process.
     sglang:memento_blocks_closed_total    mementos closed (prompt blocks included)
     sglang:memento_blocks_evicted_total   blocks compacted out of KV rows
     sglang:memento_tokens_evicted_total   KV slots removed from rows by compaction
+    sglang:memento_kv_tokens_moved_total  survivors of partial pages whose KV paged compaction
+                                          moved (`--page-size` > 1; 0 with page size 1)
     sglang:memento_restarts_total         restart_mode re-prefills
     sglang:memento_admission_bound_tokens_total   growth bounds reserved at admission, and
     sglang:memento_admission_growth_tokens_total  the growth that finished requests really had
@@ -50,6 +52,7 @@ class MementoMetrics:
     blocks_closed: Any
     blocks_evicted: Any
     tokens_evicted: Any
+    kv_tokens_moved: Any
     restarts: Any
     kv_tokens_saved: Any
     decode_steps: Any
@@ -80,6 +83,9 @@ class MementoMetrics:
             blocks_closed=counter("blocks_closed", "Mementos closed (prompt blocks included)."),
             blocks_evicted=counter("blocks_evicted", "Blocks compacted out of KV rows."),
             tokens_evicted=counter("tokens_evicted", "KV slots removed from rows by compaction."),
+            kv_tokens_moved=counter(
+                "kv_tokens_moved", "Tokens whose KV paged compaction moved (partial pages' survivors)."
+            ),
             restarts=counter("restarts", "restart_mode re-prefills."),
             kv_tokens_saved=saved,
             decode_steps=counter("decode_steps", "Decode steps prepared by the plugin."),

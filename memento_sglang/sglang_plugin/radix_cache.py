@@ -71,7 +71,7 @@ class MementoRadixCache(RadixCache):
         if req.return_logprob and req.logprob_start_len >= 0 and seq.due_evictions():
             # input logprobs are indexed by prompt position: skip no block before them
             logical_limit = min(logical_limit, seq.due_evictions()[0].start)
-        cut = seq.adopt_cached_prefix(matched, logical_limit)
+        cut = seq.adopt_cached_prefix(matched, logical_limit, self.page_size)
         if cut < matched:
             node = self._node_at_depth(node, matched, cut)
         # SGLang slices the extend from the fill ids by the matched length: they
@@ -80,7 +80,7 @@ class MementoRadixCache(RadixCache):
         return self._result(node, cut)
 
     def _walk(self, key_ids, req: Any) -> tuple[TreeNode, int]:
-        key = RadixKey(key_ids, req.extra_key, cache_salt=req.cache_salt)
+        key = RadixKey(key_ids, req.extra_key, cache_salt=req.cache_salt).page_aligned(self.page_size)
         if len(key) == 0:
             return self.root_node, 0
         values, node = self._match_prefix_helper(self.root_node, key)
@@ -114,7 +114,7 @@ class MementoRadixCache(RadixCache):
         seq = keyed_sequence(req)
         if seq is None or self.disable:
             return super().checkpoint(req, up_to=up_to)
-        up_to = min(up_to, seq.insert_limit())
+        up_to = min(up_to, seq.insert_limit(self.page_size))
         if up_to <= req.kv.cache_protected_len:
             return
         radix_key, _, _ = self._insert_cache(req, seq.radix_key(up_to))

@@ -60,26 +60,30 @@ def masking_backend_choice(raw_config: str | None, backends: dict[str, str | Non
     """The attention-backend settings to add before SGLang resolves its defaults.
 
     `backends` holds the user's `attention_backend` and `prefill_attention_backend`.
-    With Memento on server-wide, prefill must run on a backend that masks: on a GPU
-    an unset backend becomes FlashInfer (SGLang's own default there, fa3 on Hopper,
-    has no custom mask), and a forced one that cannot mask stops the launch.
+    With Memento on server-wide, prefill must run on a backend that masks; decode never
+    needs a mask (rows are compacted before every decode step), so the decode backend
+    stays the user's or SGLang's default (FA3 on Hopper, `trtllm_mha` on Blackwell) and
+    only prefill moves: on a GPU to FlashInfer (Triton on ROCm). A prefill backend
+    forced to one that cannot mask stops the launch.
     """
     if not MementoConfig.parse(server_config_text(raw_config)).enable:
         return {}
-    prefill = backends.get("prefill_attention_backend") or backends.get("attention_backend")
-    if prefill is None:
-        if not (device in (None, "cuda") and gpu_available()):
-            return {}
+    forced_prefill = backends.get("prefill_attention_backend")
+    prefill = forced_prefill or backends.get("attention_backend")
+    if prefill in MASKING_BACKENDS:
+        return {}
+    on_gpu = device in (None, "cuda") and gpu_available()
+    if forced_prefill is None and on_gpu:
         import torch
 
-        return {"attention_backend": "triton" if torch.version.hip else GPU_DEFAULT_BACKEND}
-    if prefill not in MASKING_BACKENDS:
-        raise MementoStartupError(
-            f"the {prefill!r} attention backend has no custom attention mask, which Memento's "
-            f"masked prefill needs; use one of {', '.join(MASKING_BACKENDS)} for prefill "
-            f"(--attention-backend or --prefill-attention-backend), or leave it unset"
-        )
-    return {}
+        return {"prefill_attention_backend": "triton" if torch.version.hip else GPU_DEFAULT_BACKEND}
+    if prefill is None:
+        return {}
+    raise MementoStartupError(
+        f"the {prefill!r} attention backend has no custom attention mask, which Memento's "
+        f"masked prefill needs; use one of {', '.join(MASKING_BACKENDS)} for prefill "
+        f"(--prefill-attention-backend, or --attention-backend), or leave it unset"
+    )
 
 
 def radix_cache_choice(raw_config: str | None, cache: dict[str, Any]) -> dict[str, str]:
@@ -106,8 +110,8 @@ def server_config(server_args: Any) -> MementoConfig:
 
 def unsupported_reason(server_args: Any, model_config: Any = None) -> str | None:
     """Why this server cannot run Memento at all (None when it can)."""
-    if (server_args.page_size or 1) != 1:
-        return f"page_size={server_args.page_size} (row compaction needs --page-size 1)"
+    if reason := _paged_kv_reason(server_args):
+        return reason
     if server_args.speculative_algorithm:
         return "speculative decoding is not supported with Memento yet"
     if getattr(server_args, "disaggregation_mode", "null") not in ("null", None):
@@ -127,6 +131,18 @@ def unsupported_reason(server_args: Any, model_config: Any = None) -> str | None
             "rewrites rows the batch in flight reads; add --disable-overlap-schedule"
         )
     return model_unsupported_reason(model_config) if model_config is not None else None
+
+
+def _paged_kv_reason(server_args: Any) -> str | None:
+    """Paged compaction moves token rows of slot-major K/V buffers: page-major layouts
+    and NVFP4's per-page scales are not such buffers."""
+    if (server_args.page_size or 1) == 1:
+        return None
+    if envs.SGLANG_USE_HND_KVCACHE.get():
+        return f"--page-size {server_args.page_size} with SGLANG_USE_HND_KVCACHE (page-major KV layout)"
+    if str(getattr(server_args, "kv_cache_dtype", "auto")).startswith("nvfp4"):
+        return f"--page-size {server_args.page_size} with --kv-cache-dtype nvfp4 (per-page scales)"
+    return None
 
 
 def _untested_mode(server_args: Any) -> str | None:

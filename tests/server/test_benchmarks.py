@@ -28,12 +28,15 @@ def test_kv_profile_live_equals_theory_at_every_step(default_server, tokenizer, 
     assert (tmp_path / "kv_profile.png").stat().st_size > 10_000
 
 
-def test_compaction_overhead_counts_steps_and_time(default_server, tokenizer):
-    shape = {"blocks": 2, "block_tokens": 6, "memento_tokens": 2}
-    evicting = overhead.measure(default_server.url, tokenizer, 3, True, **shape)
-    keeping = overhead.measure(default_server.url, tokenizer, 3, False, **shape)
+def test_compaction_overhead_counts_steps_and_time(unpaged_or_paged_server, tokenizer):
+    server = unpaged_or_paged_server
+    shape = {"blocks": 2, "block_tokens": 6, "memento_tokens": 2, "page_size": server.page_size}
+    evicting = overhead.measure(server.url, tokenizer, 3, True, **shape)
+    keeping = overhead.measure(server.url, tokenizer, 3, False, **shape)
     assert evicting["output_tokens"] == keeping["output_tokens"]  # exact lengths: equal work
     assert evicting["tokens_evicted"] == 3 * 2 * 6 and keeping["tokens_evicted"] == 0
+    assert (evicting["kv_tokens_moved"] > 0) == (server.page_size > 1)  # 6-token spans: partial pages
+    assert keeping["kv_tokens_moved"] == 0
     for row in (evicting, keeping):
         assert row["decode_steps"] > 0 and 0 < row["compaction_share"] < 1
 

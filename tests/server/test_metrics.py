@@ -20,6 +20,7 @@ def scrape(server) -> dict[str, float]:
     for name in (
         *NAMES,
         "restarts_total",
+        "kv_tokens_moved_total",
         "kv_tokens_saved",
         "decode_steps_total",
         "compaction_seconds_total",
@@ -48,6 +49,7 @@ def test_counters_match_request_stats(default_server, tokenizer):
     assert after["tokens_evicted_total"] - before["tokens_evicted_total"] == sum(
         s["tokens_evicted"] for s in stats
     )
+    assert after["kv_tokens_moved_total"] == before["kv_tokens_moved_total"]  # page size 1: zero copy
     steps = after["decode_steps_total"] - before["decode_steps_total"]
     assert steps >= decoded  # one request at a time: a step per decoded token at least
     assert after["compaction_seconds_total"] > before["compaction_seconds_total"]

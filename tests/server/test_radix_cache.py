@@ -43,10 +43,15 @@ def resume_body(prompt, **kw):
     return memento_body(prompt, [], resume_open_block=(5, 2), in_think=True, memento=opt_in({}), **kw)
 
 
-def assert_full_hit(out, prompt, token_ids, n_closed: int) -> None:
-    """All but the last prompt token came from the tree, the closed blocks skipped."""
+def assert_full_hit(out, prompt, token_ids, n_closed: int, page_size: int = 1) -> None:
+    """All but the last prompt token came from the tree, the closed blocks skipped. With
+    pages the tree holds whole pages only: the hit is the row's whole pages."""
     meta = out["meta_info"]
-    assert meta["cached_tokens"] == len(prompt) - 1 - evicted_before(prompt, token_ids, len(prompt))
+    row = len(prompt) - 1 - evicted_before(prompt, token_ids, len(prompt))
+    if page_size > 1:
+        assert meta["cached_tokens"] == row // page_size * page_size
+        return
+    assert meta["cached_tokens"] == row
     assert meta["memento"]["reused_blocks"] == n_closed
     assert meta["memento"]["reused_prompt_tokens"] == len(prompt) - 1
 
@@ -59,7 +64,7 @@ def test_resubmitted_trace_matches_through_its_mementos(
     closes = [i for i, t in enumerate(first) if t == token_ids.summary_end]
     resumed = prompt + first[: closes[1] + 1] + [token_ids.block_start]
     out = radix_server.generate(resume_body(resumed))
-    assert_full_hit(out, resumed, token_ids, n_closed=2)
+    assert_full_hit(out, resumed, token_ids, n_closed=2, page_size=radix_server.page_size)
     assert out["output_ids"] == plain_server.generate(resume_body(resumed))["output_ids"]
     assert_matches_reference(reference, token_ids, resumed, out["output_ids"], SERVER_DEFAULT)
 

@@ -82,6 +82,12 @@ class ServerProcess:
     log_path: Path | None = None
 
     @property
+    def page_size(self) -> int:
+        """The server's `--page-size` (1 unless its spec sets one)."""
+        args = list(self.spec.args)
+        return int(args[args.index("--page-size") + 1]) if "--page-size" in args else 1
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

@@ -16,11 +16,26 @@ def test_memento_off_leaves_the_choice_to_sglang(monkeypatch):
     assert settings.masking_backend_choice(None, {"attention_backend": "fa3"}, "cuda") == {}
 
 
-@pytest.mark.parametrize("field", ["attention_backend", "prefill_attention_backend"])
 @pytest.mark.parametrize("backend", ["fa3", "trtllm_mha", "flex_attention"])
-def test_forced_backend_without_masks_is_refused(field, backend):
+def test_forced_prefill_backend_without_masks_is_refused(backend, monkeypatch):
+    monkeypatch.setattr(settings, "gpu_available", lambda: True)
     with pytest.raises(settings.MementoStartupError, match=f"'{backend}' attention backend"):
-        settings.masking_backend_choice(ON, {field: backend}, "cuda")
+        settings.masking_backend_choice(ON, {"prefill_attention_backend": backend}, "cuda")
+
+
+@pytest.mark.parametrize("backend", ["fa3", "trtllm_mha", "fa4"])
+def test_a_decode_backend_without_masks_is_kept_with_a_masking_prefill(backend, monkeypatch):
+    """Decode never needs a mask (rows are compacted first): the user's fast decode backend
+    stays, only prefill moves to FlashInfer."""
+    monkeypatch.setattr(settings, "gpu_available", lambda: True)
+    choice = settings.masking_backend_choice(ON, {"attention_backend": backend}, "cuda")
+    assert choice == {"prefill_attention_backend": "flashinfer"}
+
+
+def test_without_a_gpu_a_backend_without_masks_is_refused(monkeypatch):
+    monkeypatch.setattr(settings, "gpu_available", lambda: False)
+    with pytest.raises(settings.MementoStartupError, match="'intel_amx' attention backend"):
+        settings.masking_backend_choice(ON, {"attention_backend": "intel_amx"}, "cpu")
 
 
 @pytest.mark.parametrize("backend", settings.MASKING_BACKENDS)
@@ -33,9 +48,11 @@ def test_prefill_backend_decides_over_the_general_one():
     assert settings.masking_backend_choice(ON, choice, "cuda") == {}
 
 
-def test_unset_backend_on_gpu_becomes_flashinfer(monkeypatch):
+def test_unset_backend_on_gpu_masks_prefill_only(monkeypatch):
+    """SGLang then picks its default decode backend for the GPU (FA3 on Hopper, trtllm_mha
+    on Blackwell)."""
     monkeypatch.setattr(settings, "gpu_available", lambda: True)
-    assert settings.masking_backend_choice(ON, {}, None) == {"attention_backend": "flashinfer"}
+    assert settings.masking_backend_choice(ON, {}, None) == {"prefill_attention_backend": "flashinfer"}
     monkeypatch.setattr(settings, "gpu_available", lambda: False)
     assert settings.masking_backend_choice(ON, {}, None) == {}
     assert settings.masking_backend_choice(ON, {}, "cpu") == {}

@@ -1,4 +1,4 @@
-"""SGLang's KV move (`KVCache.move_kv_cache`), the op a paged compaction applies once per step.
+"""KV moves for paged compaction: SGLang's `KVCache.move_kv_cache` and ours (`kernels.kv_move`).
 
 A paged compaction plan (`memento_sglang.paging`) needs a simultaneous move: read every
 source slot, then write every destination slot, in all layers, with sources and
@@ -14,6 +14,10 @@ destinations overlapping. Checked here on CPU, against a torch reference:
   plan's reader-before-writer order makes a long move right. The interpreter runs a
   program's whole load before its store; on a GPU the warps of one program have no
   barrier between the two, which this test cannot show either way.
+
+Paged compaction therefore uses its own move (`memento_sglang.kernels.kv_move`): torch
+on CPU, and on CUDA a Triton gather into scratch then a scatter (two launches, ordered
+by the stream), checked here under the interpreter too, with chunks in plan order.
 """
 
 from __future__ import annotations
@@ -106,6 +110,21 @@ def test_native_move_equals_gather_then_scatter(seed, n):
     assert all(torch.equal(got, w) for got, w in zip([*k, *v], want, strict=True))
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(0, 40))
+def test_our_torch_move_equals_gather_then_scatter(seed, n):
+    """`kernels.kv_move.move_kv_reference`, the CPU path of paged compaction."""
+    from memento_sglang.kernels.kv_move import move_kv_reference
+
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    buffers = [torch.randn(48, HEADS, DIM, generator=gen) for _ in range(2 * LAYERS)]
+    tgt, src = random_move(rng, 48, n)
+    want = reference_move(buffers, tgt, src)
+    move_kv_reference(buffers, tgt, src)
+    assert all(torch.equal(got, w) for got, w in zip(buffers, want, strict=True))
+
+
 def test_pool_native_move_applies_a_paged_plan():
     """Through `MHATokenToKVPool.move_kv_cache` (native): the compacted row reads the
     surviving tokens' K and V in every layer."""
@@ -145,6 +164,35 @@ def interpreted_cases() -> dict[str, bool]:
     return results
 
 
+def our_kernel_cases() -> dict[str, bool]:
+    """`kernels.kv_move.move_kv_triton` (gather to scratch, then scatter; TRITON_INTERPRET=1)."""
+    from memento_sglang.kernels.kv_move import move_kv_reference, move_kv_triton
+
+    rng = random.Random(2)
+    gen = torch.Generator().manual_seed(2)
+    # layers of different row widths and dtypes, as K/V next to their scales
+    buffers = [torch.randn(512, HEADS, DIM, generator=gen) for _ in range(4)]
+    buffers += [torch.randn(512, 3, generator=gen).to(torch.bfloat16)]
+    ok = True
+    for n in [1, 5, 17, 300]:  # overlapping sources and targets, one chunk each
+        tgt, src = random_move(rng, 512, n)
+        want = [b.clone() for b in buffers]
+        move_kv_reference(want, tgt, src)
+        move_kv_triton(buffers, tgt, src)
+        ok &= all(torch.equal(b, w) for b, w in zip(buffers, want, strict=True))
+    results = {"ours_simultaneous": ok}
+    # a long plan in chunks of 10 copies: right in plan order only
+    plan, old = paged_plan_case(rng, 16, 400, [(10, 13)], 30)
+    pool = make_pool(30 * 16 + 16, 16, triton=False)
+    before = [b[old].clone() for b in buffers_of(pool)]
+    budget = 10 * len(buffers_of(pool)) * buffers_of(pool)[0][0].nbytes
+    move_kv_triton(buffers_of(pool), plan.copy_dst, plan.copy_src, scratch_budget_bytes=budget)
+    results["ours_chunked_plan_order"] = plan.copied > 10 and all(
+        torch.equal(b[plan.new_row], w) for b, w in zip(buffers_of(pool), before, strict=True)
+    )
+    return results
+
+
 def test_triton_move_under_the_interpreter():
     repo_root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "SGLANG_USE_CPU_ENGINE"}  # not the CPU kernel
@@ -160,9 +208,11 @@ def test_triton_move_under_the_interpreter():
         "long_plan_is_chunked": "True",
         "long_plan_in_plan_order": "True",  # chunks in a row: right in reader-first order
         "long_plan_reversed": "False",  # ... and wrong in the opposite order
+        "ours_simultaneous": "True",
+        "ours_chunked_plan_order": "True",
     }, done.stdout
 
 
 if __name__ == "__main__":
-    for name, value in interpreted_cases().items():
+    for name, value in {**interpreted_cases(), **our_kernel_cases()}.items():
         print(f"{name}={value}")

@@ -52,6 +52,16 @@ def test_untested_modes_are_refused_by_flag(flags, named):
     assert settings.unsupported_reason(server_args(tp_size=1, dp_size=1, lora_paths=None)) is None
 
 
+@pytest.mark.parametrize("page_size", [16, 64])
+def test_paged_kv_is_supported_in_slot_major_layouts(page_size, monkeypatch):
+    assert settings.unsupported_reason(server_args(page_size=page_size)) is None
+    nvfp4 = server_args(page_size=page_size, kv_cache_dtype="nvfp4")
+    assert "nvfp4" in settings.unsupported_reason(nvfp4)
+    monkeypatch.setenv("SGLANG_USE_HND_KVCACHE", "1")
+    assert "SGLANG_USE_HND_KVCACHE" in settings.unsupported_reason(server_args(page_size=page_size))
+    assert settings.unsupported_reason(server_args(page_size=1)) is None  # page size 1 moves no KV
+
+
 def test_tensor_and_data_parallel_are_supported():
     assert settings.unsupported_reason(server_args(tp_size=2, dp_size=2, pp_size=1)) is None
 

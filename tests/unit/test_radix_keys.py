@@ -96,6 +96,32 @@ def test_insert_limit_stops_at_an_unsettled_block():
     assert seq.insert_limit() == seq.total_len - 2
 
 
+def test_with_pages_the_tree_stops_before_the_page_of_a_block_that_may_leave():
+    """With pages the tree never owns the page where an open or unsettled block's span
+    starts, so compaction only rewrites and frees the request's own pages."""
+    seq = MementoSequence(spec(mask_delimiters=False), tokens("A w w"))  # 4 slots
+    assert seq.insert_limit(4) == 4 and seq.insert_limit(3) == 3
+    seq.on_output_tokens([BS, *tokens("w w")])  # `[` at 4: the open block's span starts at 5
+    assert (seq.insert_limit(), seq.insert_limit(2), seq.insert_limit(4)) == (7, 4, 4)
+    seq.on_output_tokens(tokens("] ( s )"))  # decided, not compacted yet
+    assert (seq.insert_limit(), seq.insert_limit(2), seq.insert_limit(4)) == (7, 4, 4)
+    (ev,) = seq.take_due(100)
+    seq.apply_eviction(ev)  # nothing may leave any more: whole pages of the 9-slot row
+    assert (seq.insert_limit(), seq.insert_limit(2), seq.insert_limit(4)) == (9, 8, 8)
+
+
+def test_with_pages_a_cached_prefix_is_cut_at_a_page():
+    """The full match (13 slots) floors to 12 at page 4; slot 12 is the 2nd memento's last
+    token, which needs its block: the cut falls back to that block (slot 8), a page too."""
+    seq = prompt_sequence(TRACE)
+    key = seq.prospective_key()
+    cut = seq.adopt_cached_prefix(len(key), logical_limit=seq.total_len - 1, page_size=4)
+    assert cut == 8 and seq.map.spans == ((3, 5),)
+    seq.prospective_key()
+    assert seq.adopt_cached_prefix(len(key), logical_limit=seq.total_len - 1, page_size=16) == 0
+    assert seq.map.spans == () and len(seq.due_evictions()) == 2
+
+
 def test_kept_blocks_cap_the_match_and_the_insert():
     """keep_last_n_blocks=1: the 1st block leaves at the 2nd memento's close, and the
     2nd block (kept) may still leave, so nothing past the 1st block is reusable."""

@@ -1,0 +1,105 @@
+"""Paged compaction applied to SGLang's real CPU pools: rows, KV and pages after one step.
+
+`compact_paged_rows` plans every row (`memento_sglang.paging`) and applies the plans at
+once: one `index_put_` into `req_to_token`, one KV move, one `free_page_ids`. Checked
+here against what the step must leave behind, on SGLang's own `ReqToTokenPool`,
+`MHATokenToKVPool` and `PagedTokenToKVPoolAllocator` (with its debug checks on):
+every row page-consecutive and reading its survivors' K and V in every layer, the
+freed pages back in the allocator exactly once, no page shared by two rows, the
+tree-owned prefix untouched.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memento_sglang.sglang_plugin.paged_compaction import PagedRow, compact_paged_rows, kv_buffers
+
+LAYERS, HEADS, DIM = 2, 2, 4
+
+
+def make_pools(page_size: int, pages: int, monkeypatch):
+    monkeypatch.setenv("SGLANG_DEBUG_MEMORY_POOL", "1")
+    from sglang.srt.mem_cache.allocator.paged import PagedTokenToKVPoolAllocator
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
+
+    size = pages * page_size
+    kv = MHATokenToKVPool(
+        size=size, page_size=page_size, dtype=torch.float32, head_num=HEADS, head_dim=DIM,
+        layer_num=LAYERS, device="cpu", enable_memory_saver=False, enable_alt_stream=False,
+        enable_kv_cache_copy=False,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(pages)
+    for b in kv_buffers(kv):
+        b.copy_(torch.randn(b.shape, generator=gen))
+    allocator = PagedTokenToKVPoolAllocator(size, page_size, torch.float32, "cpu", kv, need_sort=False)
+    rows = ReqToTokenPool(size=8, max_context_len=max(size, 128), device="cpu", enable_memory_saver=False)
+    return rows, kv, allocator
+
+
+def random_spans(rng: random.Random, length: int, count: int) -> tuple[tuple[int, int], ...]:
+    cuts = sorted(rng.sample(range(1, length), min(2 * count, length - 1)))
+    return tuple((cuts[i], cuts[i + 1]) for i in range(0, len(cuts) - 1, 2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    page_size=st.sampled_from([2, 4, 16]),
+    lengths=st.lists(st.integers(3, 90), min_size=1, max_size=4),
+)
+def test_one_step_over_several_rows(seed, page_size, lengths):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        pages = sum(-(-length // page_size) for length in lengths) + 4
+        req_to_token_pool, kv, allocator = make_pools(page_size, pages, monkeypatch)
+        rng = random.Random(seed)
+        table = req_to_token_pool.req_to_token
+        rows, survivors_kv, kept_prefix = [], [], []
+        for index, length in enumerate(lengths):
+            pages = -(-length // page_size)
+            slots = allocator.alloc(pages * page_size)
+            order = torch.randperm(pages, generator=torch.Generator().manual_seed(seed + index))
+            slots = slots.view(pages, page_size)[order].reshape(-1)  # pages in any order
+            table[index, :length] = slots[:length].to(table.dtype)
+            spans = random_spans(rng, length, rng.randint(1, 3))
+            # the tree may own whole pages before the first span's page
+            protected = rng.randint(0, spans[0][0] // page_size) * page_size
+            rows.append(PagedRow(index, length, protected, spans))
+            live = [p for p in range(length) if not any(s <= p < e for s, e in spans)]
+            survivors_kv.append([b[table[index, live].long()].clone() for b in kv_buffers(kv)])
+            kept_prefix.append(table[index, :protected].clone())
+        free_before = allocator.available_size()
+
+        plans = compact_paged_rows(rows, table, allocator)
+
+        used_pages: list[int] = []
+        for row, plan, want, prefix in zip(rows, plans, survivors_kv, kept_prefix, strict=True):
+            new_len = plan.new_row.numel()
+            new_row = table[row.pool_index, :new_len].long()
+            assert torch.equal(new_row, plan.new_row)
+            assert torch.equal(new_row[: row.protected], prefix.long())
+            starts = new_row[::page_size]
+            assert bool((starts % page_size == 0).all())
+            expect = starts.repeat_interleave(page_size)[:new_len] + torch.arange(new_len) % page_size
+            assert torch.equal(new_row, expect), "row not page-consecutive"
+            for buffer, survivors in zip(kv_buffers(kv), want, strict=True):
+                assert torch.equal(buffer[new_row], survivors)
+            used_pages += (starts // page_size).tolist()
+        assert len(used_pages) == len(set(used_pages)), "two rows share a page"
+        freed = sum(plan.freed_pages.numel() for plan in plans)
+        assert allocator.available_size() == free_before + freed * page_size
+        free_pages = set(allocator.get_all_free_pages().tolist())
+        assert not free_pages & set(used_pages), "a page in use was freed"
+
+
+def test_tree_owned_page_under_a_span_is_refused(monkeypatch):
+    req_to_token_pool, _, allocator = make_pools(4, 16, monkeypatch)
+    table = req_to_token_pool.req_to_token
+    table[0, :12] = allocator.alloc(12).to(table.dtype)
+    with pytest.raises(RuntimeError, match="prefix tree owns 8 slots"):
+        compact_paged_rows([PagedRow(0, 12, 8, ((6, 9),))], table, allocator)
