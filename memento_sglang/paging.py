@@ -71,73 +71,81 @@ def plan_paged_compaction(
     it is now (all of them removed in one step). A tensor row may be a `req_to_token`
     row (longer than `length`); reading it from a GPU synchronizes. With `page_size`
     1 the plan is exactly the index shift: no copies, the spans' slots freed.
+
+    Plain Python over the row from the first span's page on (a few pages and a tail in
+    decode): a compaction step plans many rows, and small tensor ops would cost more
+    than the work. The prefix before that page is neither read nor checked.
     """
     size = int(page_size)
     if size < 1:
         raise ValueError(f"page size {page_size} < 1")
     slots = _row_prefix(row, length)
-    _check_page_consecutive(slots, size)
     cuts = _checked_spans(spans, length)
     empty = torch.empty(0, dtype=torch.int64)
     if not cuts:
-        return PagedCompaction(slots.clone(), empty, empty, empty, length, True)
+        _check_page_consecutive(slots, size)
+        return PagedCompaction(torch.tensor(slots, dtype=torch.int64), empty, empty, empty, length, True)
 
     first = cuts[0][0]
     head = first // size  # the first row page a span touches
-    old_pages = slots[::size] // size  # page id of each page of the row
-    survivors = _survivor_positions(cuts, head * size, length)  # old positions >= head * P
-    removed = sum(end - start for start, end in cuts)
-    new_len = length - removed
-    new_positions = torch.arange(head * size, new_len, dtype=torch.int64)
+    base = head * size
+    _check_page_consecutive(slots[base:], size)
+    old_pages = [slots[j] // size for j in range(0, length, size)]  # page id of each row page
+    survivors = _survivor_positions(cuts, base, length)  # old positions >= base
+    new_len = length - sum(end - start for start, end in cuts)
 
     # new row page -> old row page index; the prefix keeps its pages
     choice: dict[int, int] = {n: n for n in range(head)}
     if first % size:
         choice[head] = head  # the partial page before the first span stays
-    for n, k in _pages_kept_in_place(survivors, new_positions, size, first).items():
+    for n, k in _pages_kept_in_place(survivors, base, size, first).items():
         choice.setdefault(n, k)
     taken = set(choice.values())
     spare = iter(k for k in range(len(old_pages)) if k not in taken)  # in row order
-    new_page_count = -(-new_len // size)
-    for n in range(new_page_count):
+    for n in range(-(-new_len // size)):
         if n not in choice:
             choice[n] = next(spare)  # never runs out: the row shrinks
 
-    page_of_new = old_pages[torch.tensor([choice[n] for n in range(new_page_count)], dtype=torch.int64)]
-    offsets = torch.arange(size, dtype=torch.int64)
-    new_row = (page_of_new[:, None] * size + offsets).reshape(-1)[:new_len]
-    src = slots[survivors]
-    dst = new_row[new_positions]
-    moves = src != dst
-    copy_src, copy_dst = src[moves], dst[moves]
-    copy_src, copy_dst, sequential = _sequential_order(copy_src, copy_dst)
-
+    new_row = slots[:base] + [old_pages[choice[j // size]] * size + j % size for j in range(base, new_len)]
+    moved = (new for new, old in enumerate(survivors, start=base) if slots[old] != new_row[new])
+    copies = [(slots[survivors[new - base]], new_row[new]) for new in moved]
+    ordered, sequential = _sequential_order(copies)
     used = set(choice.values())
-    freed = [k for k in range(len(old_pages)) if k not in used]  # in row order
-    freed_pages = old_pages[torch.tensor(freed, dtype=torch.int64)] if freed else empty
-    return PagedCompaction(new_row, copy_src, copy_dst, freed_pages, first, sequential)
+    freed = [old_pages[k] for k in range(len(old_pages)) if k not in used]  # in row order
+
+    def tensor(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64) if values else empty
+
+    return PagedCompaction(
+        new_row=tensor(new_row),
+        copy_src=tensor([src for src, _ in ordered]),
+        copy_dst=tensor([dst for _, dst in ordered]),
+        freed_pages=tensor(freed),
+        unchanged=first,
+        sequential_safe=sequential,
+    )
 
 
-def _row_prefix(row: Sequence[int] | torch.Tensor, length: int) -> torch.Tensor:
+def _row_prefix(row: Sequence[int] | torch.Tensor, length: int) -> list[int]:
     if isinstance(row, torch.Tensor):
         if row.dim() != 1 or not 0 <= length <= row.numel():
             raise ValueError(f"row of shape {tuple(row.shape)} has no {length} entries")
-        return row[:length].to("cpu", torch.int64)
+        return row[:length].tolist()
     if not 0 <= length <= len(row):
         raise ValueError(f"row of {len(row)} entries has no {length} entries")
-    return torch.tensor(list(row[:length]), dtype=torch.int64)
+    return [int(slot) for slot in row[:length]]
 
 
-def _check_page_consecutive(slots: torch.Tensor, size: int) -> None:
+def _check_page_consecutive(slots: list[int], size: int) -> None:
     """SGLang's paged layout: entry `j` is `page * P + j % P`, one page per `P` entries,
-    no page twice. Compaction of any other row would corrupt it further."""
-    if slots.numel() == 0:
-        return
+    no page twice. Compaction of any other row would corrupt it further. `slots` starts
+    at a page boundary of the row."""
     starts = slots[::size]
-    expected = starts.repeat_interleave(size)[: slots.numel()] + torch.arange(slots.numel()) % size
-    if bool((starts % size).any()) or not torch.equal(slots, expected):
-        raise ValueError(f"row is not page-consecutive for page size {size}")
-    if torch.unique(starts).numel() != starts.numel():
+    for j, slot in enumerate(slots):
+        start = starts[j // size]
+        if start % size or slot != start + j % size:
+            raise ValueError(f"row is not page-consecutive for page size {size}")
+    if len(set(starts)) != len(starts):
         raise ValueError("row uses a page twice")
 
 
@@ -151,53 +159,55 @@ def _checked_spans(spans: Sequence[Span], length: int) -> list[Span]:
     return cuts
 
 
-def _survivor_positions(cuts: list[Span], begin: int, length: int) -> torch.Tensor:
+def _survivor_positions(cuts: list[Span], begin: int, length: int) -> list[int]:
     """Old row positions in `[begin, length)` outside every span, ascending."""
-    pieces, cursor = [], begin
+    out: list[int] = []
+    cursor = begin
     for start, end in cuts:
-        pieces.append(torch.arange(cursor, start, dtype=torch.int64))
+        out.extend(range(cursor, start))
         cursor = end
-    pieces.append(torch.arange(cursor, length, dtype=torch.int64))
-    return torch.cat(pieces)
+    out.extend(range(cursor, length))
+    return out
 
 
-def _pages_kept_in_place(old: torch.Tensor, new: torch.Tensor, size: int, first: int) -> dict[int, int]:
+def _pages_kept_in_place(survivors: list[int], base: int, size: int, first: int) -> dict[int, int]:
     """For each new row page, the old row page (index) that already holds the most of
     its tokens at the right offset, if any; such tokens need no copy.
 
-    A token keeps its offset when the tokens removed before it are a multiple of `P`.
-    Inside one old page those counts differ by less than `P`, so all its in-place
-    tokens belong to one new page: an old page competes for one new page only, and
-    taking the best per new page is the fewest copies over all such choices. Ties go
-    to the earlier page. The prefix before `first` is handled by the caller.
+    `survivors[i]` moves to new position `base + i`. A token keeps its offset when the
+    tokens removed before it are a multiple of `P`. Inside one old page those counts
+    differ by less than `P`, so all its in-place tokens belong to one new page: an old
+    page competes for one new page only, and taking the best per new page is the fewest
+    copies over all such choices. Ties go to the earlier page. The prefix before
+    `first` is handled by the caller.
     """
-    keep = ((old - new) % size == 0) & (old >= first)
-    if not bool(keep.any()):
-        return {}
-    old_page, new_page = old[keep] // size, new[keep] // size
-    pages, counts = torch.unique(old_page, return_counts=True)
-    target = torch.zeros(int(old_page.max()) + 1, dtype=torch.int64)
-    target[old_page] = new_page
+    counts: dict[int, int] = {}
+    target: dict[int, int] = {}
+    for new, old in enumerate(survivors, start=base):
+        if old >= first and (old - new) % size == 0:
+            page = old // size
+            counts[page] = counts.get(page, 0) + 1
+            target[page] = new // size
     best: dict[int, tuple[int, int]] = {}
-    for k, count in zip(pages.tolist(), counts.tolist(), strict=True):
-        n = int(target[k])
+    for page in sorted(counts):
+        n, count = target[page], counts[page]
         if n not in best or count > best[n][0]:
-            best[n] = (count, k)
-    return {n: k for n, (_, k) in best.items()}
+            best[n] = (count, page)
+    return {n: page for n, (_, page) in best.items()}
 
 
-def _sequential_order(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Order the copies so that none reads a slot an earlier one wrote.
+def _sequential_order(copies: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], bool]:
+    """Order the (src, dst) copies so that none reads a slot an earlier one wrote.
 
     Sources are distinct and destinations are distinct, so "copy `d` reads what copy
     `c` writes" links each copy to at most one other: the copies form chains, and a
     chain runs from its end back to its start. A cycle (never produced here, but not
     excluded by the types) leaves the order as is and reports it unsafe.
     """
-    if src.numel() == 0:
-        return src, dst, True
-    reader = {s: i for i, s in enumerate(src.tolist())}  # slot -> the copy that reads it
-    writes_read = [reader.get(d) for d in dst.tolist()]  # copy -> the copy that reads its dst
+    if not copies:
+        return copies, True
+    reader = {src: i for i, (src, _) in enumerate(copies)}  # slot -> the copy that reads it
+    writes_read = [reader.get(dst) for _, dst in copies]  # copy -> the copy that reads its dst
     read_by_other = {j for j in writes_read if j is not None}
     order: list[int] = []
     for start in range(len(writes_read)):
@@ -210,6 +220,5 @@ def _sequential_order(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tenso
             i = writes_read[i]
         order.extend(reversed(chain))  # the reader of a slot runs before its writer
     if len(order) != len(writes_read):
-        return src, dst, False
-    index = torch.tensor(order, dtype=torch.int64)
-    return src[index], dst[index], True
+        return copies, False
+    return [copies[i] for i in order], True
