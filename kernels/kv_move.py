@@ -21,8 +21,9 @@ from collections.abc import Sequence
 
 import torch
 
-#: bytes of scratch one chunk of a Triton move may take (all layers' K and V rows)
-SCRATCH_BUDGET_BYTES = 256 * 2**20
+#: bytes of scratch one chunk of a Triton move may take (all layers' K and V rows); it
+#: lives outside SGLang's memory planning, so it stays small
+SCRATCH_BUDGET_BYTES = 64 * 2**20
 
 
 def move_kv_reference(buffers: Sequence[torch.Tensor], dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -54,12 +55,13 @@ def move_kv_triton(
     *,
     table: tuple[torch.Tensor, torch.Tensor] | None = None,
     scratch_budget_bytes: int = SCRATCH_BUDGET_BYTES,
+    chunkable: bool = True,
 ) -> None:
     """`move_kv_reference` in two launches per chunk (gather, scatter) over all buffers.
 
-    `table` is `buffer_table(buffers)`, cached by the caller (the pool's buffers never
-    move). Chunks run in order: pass the copies in reader-before-writer order when a
-    move is larger than one chunk.
+    `table` is `buffer_table(buffers)`, cached by the caller. Chunks run in order, which
+    is exact only for copies in reader-before-writer order: without that
+    (`chunkable=False`) the whole move is one chunk, whatever the scratch budget.
     """
     if dst.shape != src.shape or dst.dim() != 1:
         raise ValueError(f"dst {tuple(dst.shape)} and src {tuple(src.shape)} must be equal 1-D")
@@ -68,7 +70,7 @@ def move_kv_triton(
         return
     ptrs, row_bytes = table if table is not None else buffer_table(buffers)
     widest = max(b[0].nbytes for b in buffers)
-    chunk = max(1, scratch_budget_bytes // (len(buffers) * widest))
+    chunk = max(1, scratch_budget_bytes // (len(buffers) * widest)) if chunkable else n
     device = buffers[0].device
     dst, src = dst.to(device, torch.int64), src.to(device, torch.int64)
     for begin in range(0, n, chunk):

@@ -73,7 +73,8 @@ SERVERS = [
     ServerSpec("tp2", ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics", "--tp-size", "2")),
     # Paged KV: rows stay page-consecutive, partial pages' survivors move; SGLang's paged
     # allocator checks every row's layout (SGLANG_DEBUG_MEMORY_POOL). Overlap on at 16,
-    # off at 64 (a page longer than most blocks: most spans fall inside one page).
+    # off at 64 (a page longer than most blocks: most spans fall inside one page), where a
+    # mask budget below one page's worth must still let every prompt progress a page.
     ServerSpec(
         "paged16",
         ("--memento-config", SERVER_MEMENTO_ON, "--enable-metrics", "--page-size", "16"),
@@ -81,7 +82,7 @@ SERVERS = [
     ),
     ServerSpec(
         "paged64",
-        ("--memento-config", SERVER_MEMENTO_ON, "--page-size", "64", "--disable-overlap-schedule"),
+        ("--memento-config", CHUNKED_MEMENTO_ON, "--page-size", "64", "--disable-overlap-schedule"),
         env=(("SGLANG_DEBUG_MEMORY_POOL", "1"),),
     ),
     # The real model of the demo (SmolLM2-135M-Instruct with Memento tokens).
@@ -229,7 +230,7 @@ def parallel_server(request, server_pool):
     return server_pool.get(request.param)
 
 
-@pytest.fixture(params=["default", "no_overlap_no_radix", "chunked", "paged16"])
+@pytest.fixture(params=["default", "no_overlap_no_radix", "chunked", "paged16", "paged64"])
 def masked_server(request, server_pool):
     return server_pool.get(request.param)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -142,7 +143,40 @@ def _evict_span(owners: _Owners, req: Req, seq: MementoSequence, ev: Eviction) -
 
 
 def _compact_paged(owners: _Owners, rows: list[_DueRow]) -> list[int]:
-    """Page size > 1: every row's spans, in the row as it is now, planned and applied at once."""
+    """Page size > 1: every row's spans, in the row as it is now, planned and applied at once.
+
+    A row whose first span starts in a page the prefix tree owns cannot be compacted
+    (the tree's pages are shared). The Memento tree never takes such a page; a request
+    it stopped keying (SGLang replaced its prompt) could reach here: it is aborted with
+    an error rather than decode with its block still visible.
+    """
+    page = int(owners.allocator.page_size)
+    kept: list[_DueRow] = []
+    for row in rows:
+        start = row.seq.map.to_physical(row.due[0].start)
+        if row.req.kv.cache_protected_len > start // page * page:
+            _abort_uncompactable(row.req, start)
+        else:
+            kept.append(row)
+    counts = dict.fromkeys(map(id, rows), 0)
+    counts.update(zip(map(id, kept), _compact_paged_rows(owners, kept), strict=True))
+    return [counts[id(row)] for row in rows]
+
+
+def _abort_uncompactable(req: Req, start: int) -> None:
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    message = (
+        f"Memento: the prefix cache holds the page where a closed block starts (row slot {start}); "
+        "with --page-size > 1 it cannot leave the row"
+    )
+    logger.error("[memento] rid=%s: %s", req.rid, message)
+    req.to_finish = FINISH_ABORT(message, HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError")
+
+
+def _compact_paged_rows(owners: _Owners, rows: list[_DueRow]) -> list[int]:
+    if not rows:
+        return []
     paged: list[PagedRow] = []
     for row in rows:
         spans, removed = [], 0

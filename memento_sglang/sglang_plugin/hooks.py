@@ -153,18 +153,21 @@ def install_in_scheduler(result, self, server_args, *args, **kwargs):
     pin a CPU rank to its cores."""
     cpu_threads.pin_rank_threads(self.device)
     resolver = settings.make_resolver(
-        server_args, self.tokenizer, self.model_config.vocab_size, self.model_config
-    )
+        server_args, self.tokenizer, self.model_config.vocab_size, self.model_config,
+        kv_allocator=self.token_to_kv_pool_allocator,
+    )  # fmt: skip
     if resolver.server_spec is not None and self.enable_overlap:
         envs.SGLANG_ENABLE_DELAY_SAMPLE.set(True)
     masked_prefill = attention.can_mask(self.tp_worker.model_runner.attn_backend)
     settings.check_prefill_masking(resolver.server_spec, masked_prefill)
+    page_size = int(server_args.page_size or 1)
     runtime.install(
         MementoRuntime(
             resolver=resolver,
             masked_prefill=masked_prefill,
             metrics=MementoMetrics.for_scheduler(self),
             mask_budget=resolver.server_config.prefill_mask_budget,
+            page_size=page_size,
             admission=AdmissionEstimator(margin_sigmas=resolver.server_config.admission_margin_sigmas),
         )
     )

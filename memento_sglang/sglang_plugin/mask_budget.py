@@ -34,14 +34,16 @@ def chunk_limit(adder: PrefillAdder, req: Req, needs_mask: bool, *, continuing: 
     admitted before it count too, since a custom mask covers the whole batch. A prompt
     this budget cut before keeps a limit for its next chunks when SGLang's own chunking
     is off (`rem_chunk_tokens` None, which SGLang's chunk path cannot take). The batch's
-    first request always gets at least one token, so a prompt makes progress.
+    first request always gets at least one page (SGLang rounds a new request's chunk
+    down to whole pages), so a prompt makes progress.
     """
     unchunked_continuation = continuing and adder.rem_chunk_tokens is None
-    budget = runtime.current().mask_budget
+    rt = runtime.current()
+    budget = rt.mask_budget
     if budget is None or not (needs_mask or unchunked_continuation or getattr(adder, _MASKED, False)):
         return None
     limit = largest_chunk(req.prefix_len, budget - getattr(adder, _ENTRIES, 0))
-    return max(limit, 1) if not adder.can_run_list else limit
+    return max(limit, rt.page_size) if not adder.can_run_list else limit
 
 
 @contextmanager

@@ -19,7 +19,6 @@ owns nothing past the page of a block that may still leave
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,30 +104,61 @@ def _move_kv(kv_pool: Any, plans: Sequence[PagedCompaction]) -> None:
         # The forward in flight (overlap scheduling) reads the block's KV and writes the
         # newest token's, which may be a survivor to move: wait for it on copy steps only.
         torch.cuda.synchronize(buffers[0].device)
-        move_kv_triton(buffers, dst, src, table=_cached_table(kv_pool, buffers))
+        chunkable = all(plan.sequential_safe for plan in moving)
+        move_kv_triton(buffers, dst, src, table=_table(buffers), chunkable=chunkable)
     else:
         move_kv_reference(buffers, dst, src)
 
 
 def kv_buffers(kv_pool: Any) -> list[torch.Tensor]:
-    """Every per-layer buffer indexed by KV slot (K, V, their scales, or MLA's joint KV)."""
+    """Every per-layer buffer indexed by KV slot (K, V, their scales, or MLA's joint KV);
+    raises for a pool paged compaction cannot move (see `pool_unsupported_reason`)."""
+    if (reason := _pool_reason(kv_pool)) is not None:
+        raise RuntimeError(f"paged compaction: {reason}")
+    return _slot_buffers(kv_pool)
+
+
+def pool_unsupported_reason(allocator: Any) -> str | None:
+    """Why paged compaction cannot move this allocator's KV (None when it can).
+
+    An allow-list: SGLang's plain MHA and MLA pools, every buffer one row per slot.
+    Subclasses keep more per-token state (e.g. the DSA indexer's keys) that a move would
+    leave behind; page-major layouts and per-page scales are not rows per slot.
+    """
+    get_kvcache = getattr(allocator, "get_kvcache", None)
+    if get_kvcache is None or not hasattr(allocator, "free_page_ids"):
+        return f"--page-size with the {type(allocator).__name__} allocator"
+    return _pool_reason(get_kvcache())
+
+
+def _pool_reason(kv_pool: Any) -> str | None:
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, MLATokenToKVPool
+
+    name = type(kv_pool).__name__
+    if type(kv_pool) not in (MHATokenToKVPool, MLATokenToKVPool):
+        return f"--page-size with the {name} KV pool (plain MHA and MLA pools only)"
     if getattr(kv_pool, "use_hnd", False) or getattr(kv_pool, "native_k_scale_buffer", None) is not None:
-        raise RuntimeError(
-            "paged compaction moves token rows of slot-major KV buffers; this pool is "
-            "page-major (SGLANG_USE_HND_KVCACHE) or keeps NVFP4 page scales"
-        )
-    buffers = [b for name in _BUFFER_LISTS for b in (getattr(kv_pool, name, None) or ())]
-    if not buffers:
-        raise RuntimeError(f"paged compaction: no per-layer KV buffers on {type(kv_pool).__name__}")
-    return buffers
+        return f"--page-size with a page-major {name} (SGLANG_USE_HND_KVCACHE or NVFP4 page scales)"
+    buffers = _slot_buffers(kv_pool)
+    rows = kv_pool.size + kv_pool.page_size
+    if not buffers or any(b.shape[0] != rows or not b.is_contiguous() for b in buffers):
+        return f"--page-size with a {name} whose buffers are not one contiguous row per slot"
+    return None
 
 
-_TABLES: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, torch.Tensor]] = weakref.WeakKeyDictionary()
+def _slot_buffers(kv_pool: Any) -> list[torch.Tensor]:
+    return [b for name in _BUFFER_LISTS for b in (getattr(kv_pool, name, None) or ())]
 
 
-def _cached_table(kv_pool: Any, buffers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pool's buffer addresses (they never move after allocation)."""
-    table = _TABLES.get(kv_pool)
+_TABLES: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _table(buffers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The buffers' address table for the kernel, cached by their addresses (SGLang may
+    swap a pool's buffers, e.g. after CUDA-graph capture)."""
+    key = tuple(b.data_ptr() for b in buffers)
+    table = _TABLES.get(key)
     if table is None:
-        table = _TABLES[kv_pool] = buffer_table(buffers)
+        _TABLES.clear()  # one pool per scheduler: keep the latest
+        table = _TABLES[key] = buffer_table(buffers)
     return table

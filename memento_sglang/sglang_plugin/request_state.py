@@ -131,12 +131,18 @@ def refused_mode(sampling_params: Any, grammar_backend: str | None = None) -> st
 
 
 def cap_prefix_match(req: Req, max_prefix_len: int) -> int:
-    """A cached prefix is reusable only up to the first query that must not see a block."""
+    """A cached prefix is reusable only up to the first query that must not see a block;
+    with pages, only up to the page where that block starts (compaction rewrites and
+    frees pages from there on, which must be the request's)."""
     seq = sequence_of(req)
     if seq is None or seq.radix_keyed:  # the Memento radix cache cuts its own matches
         return max_prefix_len
     first = seq.first_due_trigger
-    return max_prefix_len if first is None else min(max_prefix_len, first + 1)
+    if first is None:
+        return max_prefix_len
+    page = runtime.current().page_size
+    start = seq.map.to_physical(seq.due_evictions()[0].start) // page * page
+    return min(max_prefix_len, first + 1, start if page > 1 else first + 1)
 
 
 def physical_fill_ids(req: Req) -> bool:

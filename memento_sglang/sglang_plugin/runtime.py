@@ -95,6 +95,8 @@ class MementoRuntime:
     admission: AdmissionEstimator = field(default_factory=AdmissionEstimator)
     #: the server's `prefill_mask_budget` (None: no limit, e.g. outside a scheduler)
     mask_budget: int | None = None
+    #: the KV pool's page size (`--page-size`)
+    page_size: int = 1
     forward: ForwardState = field(default_factory=ForwardState)
     releases: ReleaseScope = field(default_factory=ReleaseScope)
 

@@ -76,7 +76,9 @@ def masking_backend_choice(raw_config: str | None, backends: dict[str, str | Non
     if forced_prefill is None and on_gpu:
         import torch
 
-        return {"prefill_attention_backend": "triton" if torch.version.hip else GPU_DEFAULT_BACKEND}
+        if torch.version.hip:  # ROCm's decode default (aiter) with Memento is untested: Triton for both
+            return {"attention_backend" if prefill is None else "prefill_attention_backend": "triton"}
+        return {"prefill_attention_backend": GPU_DEFAULT_BACKEND}
     if prefill is None:
         return {}
     raise MementoStartupError(
@@ -134,15 +136,30 @@ def unsupported_reason(server_args: Any, model_config: Any = None) -> str | None
 
 
 def _paged_kv_reason(server_args: Any) -> str | None:
-    """Paged compaction moves token rows of slot-major K/V buffers: page-major layouts
-    and NVFP4's per-page scales are not such buffers."""
-    if (server_args.page_size or 1) == 1:
+    """Paged compaction moves token rows of slot-major K/V buffers (checked again on the
+    pool itself once it exists): page-major layouts and per-page scales are not such
+    buffers, and its KV move waits for the forward in flight on CUDA only."""
+    page = server_args.page_size or 1
+    if page == 1:
         return None
     if envs.SGLANG_USE_HND_KVCACHE.get():
-        return f"--page-size {server_args.page_size} with SGLANG_USE_HND_KVCACHE (page-major KV layout)"
-    if str(getattr(server_args, "kv_cache_dtype", "auto")).startswith("nvfp4"):
-        return f"--page-size {server_args.page_size} with --kv-cache-dtype nvfp4 (per-page scales)"
+        return f"--page-size {page} with SGLANG_USE_HND_KVCACHE (page-major KV layout)"
+    dtype = str(getattr(server_args, "kv_cache_dtype", "auto"))
+    if "fp4" in dtype or dtype.startswith("mx"):
+        return f"--page-size {page} with --kv-cache-dtype {dtype} (scales kept per page)"
+    device = getattr(server_args, "device", None) or "cuda"
+    if device not in ("cuda", "cpu") or (device == "cuda" and _is_hip()):
+        where = "ROCm" if device == "cuda" else device
+        return f"--page-size {page} on {where}: paged compaction runs on CUDA and CPU"
     return None
+
+
+def _paged_pool_reason(server_args: Any, kv_allocator: Any) -> str | None:
+    if kv_allocator is None or (server_args.page_size or 1) == 1:
+        return None
+    from memento_sglang.sglang_plugin.paged_compaction import pool_unsupported_reason
+
+    return pool_unsupported_reason(kv_allocator)
 
 
 def _untested_mode(server_args: Any) -> str | None:
@@ -260,8 +277,10 @@ def delayed_sampling_on(server_args: Any) -> bool:
 
 
 def make_resolver(
-    server_args: Any, tokenizer: Any, vocab_size: int, model_config: Any = None
+    server_args: Any, tokenizer: Any, vocab_size: int, model_config: Any = None, *, kv_allocator: Any = None
 ) -> ConfigResolver:
+    """The scheduler's resolver; `kv_allocator` (the scheduler's, once its KV pool exists)
+    is checked for paged compaction when pages are on."""
     budget_reason = None
     if not delayed_sampling_on(server_args):
         budget_reason = (
@@ -280,7 +299,8 @@ def make_resolver(
         tokenizer_vocab(tokenizer),
         vocab_size,
         encode=tokenizer_encoder(tokenizer),
-        unsupported_reason=unsupported_reason(server_args, model_config),
+        unsupported_reason=unsupported_reason(server_args, model_config)
+        or _paged_pool_reason(server_args, kv_allocator),
         block_budget_unsupported_reason=budget_reason,
         restart_unsupported_reason=restart_reason,
     )

@@ -32,6 +32,17 @@ def test_a_decode_backend_without_masks_is_kept_with_a_masking_prefill(backend, 
     assert choice == {"prefill_attention_backend": "flashinfer"}
 
 
+def test_on_rocm_both_phases_run_on_triton(monkeypatch):
+    """ROCm's decode default (aiter) is untested with Memento: Triton stays for decode too."""
+    import torch
+
+    monkeypatch.setattr(settings, "gpu_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert settings.masking_backend_choice(ON, {}, None) == {"attention_backend": "triton"}
+    forced = settings.masking_backend_choice(ON, {"attention_backend": "aiter"}, None)
+    assert forced == {"prefill_attention_backend": "triton"}
+
+
 def test_without_a_gpu_a_backend_without_masks_is_refused(monkeypatch):
     monkeypatch.setattr(settings, "gpu_available", lambda: False)
     with pytest.raises(settings.MementoStartupError, match="'intel_amx' attention backend"):

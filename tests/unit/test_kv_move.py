@@ -190,6 +190,14 @@ def our_kernel_cases() -> dict[str, bool]:
     results["ours_chunked_plan_order"] = plan.copied > 10 and all(
         torch.equal(b[plan.new_row], w) for b, w in zip(buffers_of(pool), before, strict=True)
     )
+    # copies in no safe order (reversed): `chunkable=False` keeps them in one chunk
+    pool = make_pool(30 * 16 + 16, 16, triton=False)
+    before = [b[old].clone() for b in buffers_of(pool)]
+    dst, src = plan.copy_dst.flip(0), plan.copy_src.flip(0)
+    move_kv_triton(buffers_of(pool), dst, src, scratch_budget_bytes=budget, chunkable=False)
+    results["ours_unchunked_any_order"] = all(
+        torch.equal(b[plan.new_row], w) for b, w in zip(buffers_of(pool), before, strict=True)
+    )
     return results
 
 
@@ -210,6 +218,7 @@ def test_triton_move_under_the_interpreter():
         "long_plan_reversed": "False",  # ... and wrong in the opposite order
         "ours_simultaneous": "True",
         "ours_chunked_plan_order": "True",
+        "ours_unchunked_any_order": "True",
     }, done.stdout
 
 

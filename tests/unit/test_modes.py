@@ -55,8 +55,16 @@ def test_untested_modes_are_refused_by_flag(flags, named):
 @pytest.mark.parametrize("page_size", [16, 64])
 def test_paged_kv_is_supported_in_slot_major_layouts(page_size, monkeypatch):
     assert settings.unsupported_reason(server_args(page_size=page_size)) is None
-    nvfp4 = server_args(page_size=page_size, kv_cache_dtype="nvfp4")
-    assert "nvfp4" in settings.unsupported_reason(nvfp4)
+    for dtype in ("nvfp4", "mxfp8"):
+        assert f"--kv-cache-dtype {dtype}" in settings.unsupported_reason(
+            server_args(page_size=page_size, kv_cache_dtype=dtype)
+        )
+    assert "on npu" in settings.unsupported_reason(server_args(page_size=page_size, device="npu"))
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert "on ROCm" in settings.unsupported_reason(
+        server_args(page_size=page_size, disable_overlap_schedule=True)
+    )
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setenv("SGLANG_USE_HND_KVCACHE", "1")
     assert "SGLANG_USE_HND_KVCACHE" in settings.unsupported_reason(server_args(page_size=page_size))
     assert settings.unsupported_reason(server_args(page_size=1)) is None  # page size 1 moves no KV

@@ -18,7 +18,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memento_sglang.sglang_plugin.paged_compaction import PagedRow, compact_paged_rows, kv_buffers
+from memento_sglang.sglang_plugin.paged_compaction import (
+    PagedRow,
+    compact_paged_rows,
+    kv_buffers,
+    pool_unsupported_reason,
+)
 
 LAYERS, HEADS, DIM = 2, 2, 4
 
@@ -103,3 +108,43 @@ def test_tree_owned_page_under_a_span_is_refused(monkeypatch):
     table[0, :12] = allocator.alloc(12).to(table.dtype)
     with pytest.raises(RuntimeError, match="prefix tree owns 8 slots"):
         compact_paged_rows([PagedRow(0, 12, 8, ((6, 9),))], table, allocator)
+
+
+def test_only_plain_slot_major_pools_are_moved(monkeypatch):
+    """An allow-list: SGLang's plain MHA pool passes; a subclass (more per-token state, as
+    the DSA indexer keeps) and a buffer that is not one row per slot are refused by name."""
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    _, kv, allocator = make_pools(4, 16, monkeypatch)
+    assert pool_unsupported_reason(allocator) is None
+
+    class IndexerPool(MHATokenToKVPool):
+        pass
+
+    kv.__class__ = IndexerPool
+    assert "IndexerPool KV pool" in pool_unsupported_reason(allocator)
+    kv.__class__ = MHATokenToKVPool
+    kv.k_buffer[0] = kv.k_buffer[0][::2]  # rows per page, say
+    assert "not one contiguous row per slot" in pool_unsupported_reason(allocator)
+    with pytest.raises(RuntimeError, match="paged compaction"):
+        kv_buffers(kv)
+
+
+def test_a_request_whose_block_page_the_tree_holds_is_aborted_not_compacted():
+    """Reachable only by a request the Memento tree stopped keying: it ends with an error
+    instead of decoding with its block visible, and its row is left alone."""
+    from types import SimpleNamespace
+
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    from memento_sglang.sequence import MementoSequence
+    from memento_sglang.sglang_plugin import compaction
+    from tests.support.synthetic import BS, spec, tokens
+
+    seq = MementoSequence(spec(mask_delimiters=False), tokens("A w w"))
+    seq.on_output_tokens([BS, *tokens("w w w ] ( s )")])
+    due = seq.take_due(100)  # span [5, 8) in a row of 13
+    req = SimpleNamespace(rid="r", to_finish=None, kv=SimpleNamespace(cache_protected_len=8))
+    owners = compaction._Owners(None, SimpleNamespace(page_size=4), None)
+    assert compaction._compact_paged(owners, [compaction._DueRow(req, seq, due)]) == [0]
+    assert isinstance(req.to_finish, FINISH_ABORT) and "page" in req.to_finish.message
