@@ -129,6 +129,10 @@ def main() -> None:
             f"{r['page_size']:>4} {r['batch']:>5} {str(r['evict']):>5} {r['decode_steps']:>6.0f}"
             f" {r['kv_tokens_moved']:>7.0f} {us:>19.1f} {r['step_ms']:>8.2f} {share:>6.2f}%"
         )
+    print("what eviction adds (on minus off): page, batch, us/step, share of the step with eviction")
+    for on, off in zip(rows[::2], rows[1::2], strict=True):
+        added = on["compaction_us_per_step"] - off["compaction_us_per_step"]
+        print(f"{on['page_size']:>4} {on['batch']:>5} {added:>8.1f} {added / 10 / on['step_ms']:>6.2f}%")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """One GPU run that measures everything it can, every figure into one JSON file.
 
-Run by `scripts/gpu-check.sh` (see there). Steps, each timed and allowed to fail alone:
+Run by `scripts/gpu-check.sh` (see there). Steps, each timed and allowed to fail alone, the
+JSON written after each, all inside 450 s (a late step gets the time that is left):
 
 1. `kernels`: paged compaction's KV move (`kernels.kv_move`, Triton) on a Qwen3-8B-shaped
    pool (36 layers, 8 KV heads of 128, bf16): microseconds per compaction step for
    batch 1-128 at page 16 and 64 (copies per row = page / 2, the mean for random block
    ends), next to the torch path; torch + Triton only, no SGLang needed.
-2. `tests`: `pytest tests/gpu` (the masks on SGLang's kernels skip without SGLang).
+2. `tests`: `pytest tests/gpu`, kernel tests (the masks on SGLang's kernels need SGLang);
+   then `server_tests` (only where SGLang imports): the oracle cases on GPU servers, per
+   backend and page size.
 3. `benchmarks` (only where SGLang imports): masked prefill, FlashInfer vs Triton;
    throughput under pressure at `--scale 1.0` on the config-only Qwen3-8B shell with
    dummy weights; compaction overhead at page sizes 1, 16 and 64.
@@ -68,8 +71,15 @@ def kernel_figures() -> dict:
     return {"shape": QWEN3_8B, "pool_slots": slots, "rows": rows}
 
 
+#: the whole check ends by then (gpu-check.sh kills it at 470 s): later steps get what is left
+DEADLINE = time.monotonic() + 450
+
+
 def run(cmd: list[str], timeout: int, log: Path) -> dict:
     start = time.monotonic()
+    timeout = int(min(timeout, DEADLINE - start))
+    if timeout < 30:
+        return {"cmd": " ".join(cmd), "rc": None, "skipped": "no time left"}
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         code, out = done.returncode, done.stdout + done.stderr
@@ -105,18 +115,28 @@ def main() -> None:
         except Exception as exc:  # one step failing must not lose the others' figures
             result["kernels"] = {"error": repr(exc)}
     py = sys.executable
-    tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"]
-    result["tests"] = run(tests, 240, args.out / "tests.log")
-    if result["sglang"] and result["device"] and not args.skip_benchmarks:
-        result["benchmarks"] = benchmarks(py, args.out)
-    (args.out / "gpu-check.json").write_text(json.dumps(result, indent=2))
+
+    def save() -> None:
+        (args.out / "gpu-check.json").write_text(json.dumps(result, indent=2))
+
+    save()  # after every step: a check cut short keeps what it measured
+    pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    result["tests"] = run([*pytest, "tests/gpu", "-k", "not server_oracle"], 120, args.out / "tests.log")
+    save()
+    if result["sglang"] and result["device"]:
+        server_tests = [*pytest, "tests/gpu/test_gpu_server_oracle.py"]
+        result["server_tests"] = run(server_tests, 240, args.out / "server-tests.log")
+        save()
+        if not args.skip_benchmarks:
+            result["benchmarks"] = benchmarks(py, args.out, save, result)
+    save()
     print(json.dumps(result, indent=2))
 
 
-def benchmarks(py: str, out: Path) -> dict:
+def benchmarks(py: str, out: Path, save, result: dict) -> dict:
     shell = out / "qwen3-8b"
     make_shell = [py, "-m", "memento_sglang.cli", "model-shell", "qwen3-8b", str(shell)]
-    steps = {"model_shell": run(make_shell, 60, out / "shell.log")}
+    steps = result["benchmarks"] = {"model_shell": run(make_shell, 60, out / "shell.log")}
     gpu = ["--model-path", str(shell), "--server-args", "--load-format dummy --dtype bfloat16"]
     plan = {
         "masked_prefill": (["masked_prefill", "--sizes", "8192", "--blocks", "8", "--repeats", "2"], 150),
@@ -131,6 +151,7 @@ def benchmarks(py: str, out: Path) -> dict:
         steps[name] = run(command, timeout, out / f"{name}.log")
         if json_out.exists():
             steps[name]["result"] = json.loads(json_out.read_text())
+        save()
     return steps
 
 
