@@ -11,8 +11,9 @@ into chunks run one after another.
   indexing gathers into a temporary first). The CPU path, and the oracle.
 * `move_kv_triton`: all buffers in one launch per phase: gather every source row of
   every layer into a scratch tensor, then scatter it. Stream order is the barrier. A
-  move larger than the scratch budget runs in chunks, which is exact when the copies
-  come in reader-before-writer order (`PagedCompaction.sequential_safe`).
+  move larger than the scratch budget runs in chunks when the caller says the copies
+  come in reader-before-writer order (`PagedCompaction.sequential_safe`), which makes
+  chunks exact.
 """
 
 from __future__ import annotations
@@ -55,13 +56,13 @@ def move_kv_triton(
     *,
     table: tuple[torch.Tensor, torch.Tensor] | None = None,
     scratch_budget_bytes: int = SCRATCH_BUDGET_BYTES,
-    chunkable: bool = True,
+    chunkable: bool = False,
 ) -> None:
     """`move_kv_reference` in two launches per chunk (gather, scatter) over all buffers.
 
-    `table` is `buffer_table(buffers)`, cached by the caller. Chunks run in order, which
-    is exact only for copies in reader-before-writer order: without that
-    (`chunkable=False`) the whole move is one chunk, whatever the scratch budget.
+    `table` is `buffer_table(buffers)`, cached by the caller. A move runs as one chunk
+    unless `chunkable` says its copies come in reader-before-writer order; then chunks
+    of at most `scratch_budget_bytes` of scratch run in order, which is exact.
     """
     if dst.shape != src.shape or dst.dim() != 1:
         raise ValueError(f"dst {tuple(dst.shape)} and src {tuple(src.shape)} must be equal 1-D")

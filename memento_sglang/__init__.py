@@ -33,19 +33,27 @@ _map_source_checkout_folders()
 
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
-from memento_sglang.config import MementoConfig, MementoConfigError  # noqa: E402
-from memento_sglang.sequence import MementoStats  # noqa: E402
-
 if TYPE_CHECKING:
+    from memento_sglang.config import MementoConfig, MementoConfigError
     from memento_sglang.engine import Engine
     from memento_sglang.frontend.trace import MementoTrace
+    from memento_sglang.sequence import MementoStats
 
 __all__ = ["Engine", "MementoConfig", "MementoConfigError", "MementoStats", "MementoTrace", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    """`Engine` and `MementoTrace` load on first use: the server's processes import this
-    package for the plugin and need neither SGLang's engine nor the front end."""
+    """The public names load on first use: the server's processes import this package for
+    the plugin and need neither SGLang's engine nor the front end, and the kernels and the
+    paging planner import with torch alone (a bare GPU image runs them)."""
+    if name in ("MementoConfig", "MementoConfigError"):
+        from memento_sglang import config
+
+        return getattr(config, name)
+    if name == "MementoStats":
+        from memento_sglang.sequence import MementoStats
+
+        return MementoStats
     if name == "Engine":
         from memento_sglang.engine import Engine
 

@@ -7,9 +7,9 @@ JSON written after each, all inside 450 s (a late step gets the time that is lef
    pool (36 layers, 8 KV heads of 128, bf16): microseconds per compaction step for
    batch 1-128 at page 16 and 64 (copies per row = page / 2, the mean for random block
    ends), next to the torch path; torch + Triton only, no SGLang needed.
-2. `tests`: `pytest tests/gpu`, kernel tests (the masks on SGLang's kernels need SGLang);
-   then `server_tests` (only where SGLang imports): the oracle cases on GPU servers, per
-   backend and page size.
+2. `tests`: the KV move and row compaction on CUDA (torch + Triton only); then
+   `server_tests` (only where SGLang imports): the masks on SGLang's Triton kernel and
+   FlashInfer, and the oracle cases on GPU servers, per backend and page size.
 3. `benchmarks` (only where SGLang imports): masked prefill, FlashInfer vs Triton;
    throughput under pressure at `--scale 1.0` on the config-only Qwen3-8B shell with
    dummy weights; compaction overhead at page sizes 1, 16 and 64.
@@ -121,11 +121,13 @@ def main() -> None:
 
     save()  # after every step: a check cut short keeps what it measured
     pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    result["tests"] = run([*pytest, "tests/gpu", "-k", "not server_oracle"], 120, args.out / "tests.log")
+    # torch + Triton only: no conftest (it needs the package's dependencies)
+    kernel_tests = ["--noconftest", "tests/gpu/test_gpu_kv_move.py", "tests/gpu/test_gpu_compaction.py"]
+    result["tests"] = run([*pytest, *kernel_tests], 120, args.out / "tests.log")
     save()
     if result["sglang"] and result["device"]:
-        server_tests = [*pytest, "tests/gpu/test_gpu_server_oracle.py"]
-        result["server_tests"] = run(server_tests, 240, args.out / "server-tests.log")
+        sglang_tests = ["tests/gpu/test_gpu_masks.py", "tests/gpu/test_gpu_server_oracle.py"]
+        result["server_tests"] = run([*pytest, *sglang_tests], 240, args.out / "server-tests.log")
         save()
         if not args.skip_benchmarks:
             result["benchmarks"] = benchmarks(py, args.out, save, result)

@@ -141,7 +141,8 @@ def _pool_reason(kv_pool: Any) -> str | None:
         return f"--page-size with a page-major {name} (SGLANG_USE_HND_KVCACHE or NVFP4 page scales)"
     buffers = _slot_buffers(kv_pool)
     rows = kv_pool.size + kv_pool.page_size
-    if not buffers or any(b.shape[0] != rows or not b.is_contiguous() for b in buffers):
+    # at least a row per slot: SGLang may shrink `size` after CUDA-graph capture, not the buffers
+    if not buffers or any(b.shape[0] < rows or not b.is_contiguous() for b in buffers):
         return f"--page-size with a {name} whose buffers are not one contiguous row per slot"
     return None
 

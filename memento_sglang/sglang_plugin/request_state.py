@@ -138,11 +138,12 @@ def cap_prefix_match(req: Req, max_prefix_len: int) -> int:
     if seq is None or seq.radix_keyed:  # the Memento radix cache cuts its own matches
         return max_prefix_len
     first = seq.first_due_trigger
-    if first is None:
-        return max_prefix_len
+    limit = max_prefix_len if first is None else min(max_prefix_len, first + 1)
     page = runtime.current().page_size
-    start = seq.map.to_physical(seq.due_evictions()[0].start) // page * page
-    return min(max_prefix_len, first + 1, start if page > 1 else first + 1)
+    starts = [ev.start for ev in seq.due_evictions()[:1]] + seq.tracker.pending_span_starts()
+    if page == 1 or not starts:
+        return limit
+    return min(limit, min(seq.map.to_physical(s) for s in starts) // page * page)
 
 
 def physical_fill_ids(req: Req) -> bool:

@@ -52,7 +52,8 @@ def test_chained_shifts_inside_pages():
     move_kv_triton(got, plan.copy_dst.cuda(), plan.copy_src.cuda())
     budget = len(got) * 256 * got[0][0].nbytes  # chunks of 256 copies, in plan order
     chunked = pool(page * (pages + 2))
-    move_kv_triton(chunked, plan.copy_dst.cuda(), plan.copy_src.cuda(), scratch_budget_bytes=budget)
+    dst, src = plan.copy_dst.cuda(), plan.copy_src.cuda()
+    move_kv_triton(chunked, dst, src, scratch_budget_bytes=budget, chunkable=True)
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(chunked, want, strict=True))

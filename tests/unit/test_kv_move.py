@@ -186,7 +186,8 @@ def our_kernel_cases() -> dict[str, bool]:
     pool = make_pool(30 * 16 + 16, 16, triton=False)
     before = [b[old].clone() for b in buffers_of(pool)]
     budget = 10 * len(buffers_of(pool)) * buffers_of(pool)[0][0].nbytes
-    move_kv_triton(buffers_of(pool), plan.copy_dst, plan.copy_src, scratch_budget_bytes=budget)
+    dst, src = plan.copy_dst, plan.copy_src
+    move_kv_triton(buffers_of(pool), dst, src, scratch_budget_bytes=budget, chunkable=True)
     results["ours_chunked_plan_order"] = plan.copied > 10 and all(
         torch.equal(b[plan.new_row], w) for b, w in zip(buffers_of(pool), before, strict=True)
     )

@@ -148,3 +148,28 @@ def test_a_request_whose_block_page_the_tree_holds_is_aborted_not_compacted():
     owners = compaction._Owners(None, SimpleNamespace(page_size=4), None)
     assert compaction._compact_paged(owners, [compaction._DueRow(req, seq, due)]) == [0]
     assert isinstance(req.to_finish, FINISH_ABORT) and "page" in req.to_finish.message
+
+
+def test_a_request_outside_the_memento_tree_matches_no_page_a_block_starts_in(monkeypatch):
+    """SGLang's own match for a request the Memento tree does not key: with pages it stops
+    before the page of the first span that may leave (due, or an open block), not only
+    before the first query that must not see a block."""
+    from types import SimpleNamespace
+
+    from memento_sglang.sequence import MementoSequence
+    from memento_sglang.sglang_plugin import request_state, runtime
+    from tests.support.synthetic import BS, spec, tokens
+
+    closed = MementoSequence(
+        spec(mask_delimiters=False), tokens("A w w [ w w w ] ( s ) w"), evict_prompt_blocks=True
+    )
+    opened = MementoSequence(spec(mask_delimiters=False), tokens("A w w w w w w") + [BS, *tokens("w w")])
+    for seq in (closed, opened):
+        seq.radix_keyed = False
+    req_closed, req_open = SimpleNamespace(memento=closed), SimpleNamespace(memento=opened)
+    span_start = closed.due_evictions()[0].start  # 5: the block's content
+    assert request_state.cap_prefix_match(req_closed, 100) == closed.first_due_trigger + 1  # page size 1
+    assert request_state.cap_prefix_match(req_open, 100) == 100
+    monkeypatch.setattr(runtime, "_runtime", runtime.MementoRuntime(page_size=4))
+    assert request_state.cap_prefix_match(req_closed, 100) == span_start // 4 * 4
+    assert request_state.cap_prefix_match(req_open, 100) == 8  # the open block's span starts at 9
