@@ -29,13 +29,17 @@ SCRATCH_BUDGET_BYTES = 64 * 2**20
 
 def move_kv_reference(buffers: Sequence[torch.Tensor], dst: torch.Tensor, src: torch.Tensor) -> None:
     """`buffer[dst] = buffer[src]` in every buffer, all sources read before any write."""
-    if dst.shape != src.shape or dst.dim() != 1:
-        raise ValueError(f"dst {tuple(dst.shape)} and src {tuple(src.shape)} must be equal 1-D")
+    _check_move(dst, src)
     if dst.numel() == 0:
         return
     for buffer in buffers:
         index_dst = dst.to(buffer.device, torch.int64)
         buffer[index_dst] = buffer[src.to(buffer.device, torch.int64)]
+
+
+def _check_move(dst: torch.Tensor, src: torch.Tensor) -> None:
+    if dst.shape != src.shape or dst.dim() != 1:
+        raise ValueError(f"dst {tuple(dst.shape)} and src {tuple(src.shape)} must be equal 1-D")
 
 
 def buffer_table(buffers: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +68,7 @@ def move_kv_triton(
     unless `chunkable` says its copies come in reader-before-writer order; then chunks
     of at most `scratch_budget_bytes` of scratch run in order, which is exact.
     """
-    if dst.shape != src.shape or dst.dim() != 1:
-        raise ValueError(f"dst {tuple(dst.shape)} and src {tuple(src.shape)} must be equal 1-D")
+    _check_move(dst, src)
     n = dst.numel()
     if n == 0:
         return

@@ -189,9 +189,14 @@ class MementoSequence:
         limit = min(self.map.to_physical(e) for e in [self.total_len, *ends])
         if page_size == 1:
             return limit
-        starts = [ev.start for ev in self._due] + self.tracker.pending_span_starts()
-        limit = min([limit, *(self.map.to_physical(s) for s in starts)])
-        return limit // page_size * page_size
+        start = self.first_leaving_start()
+        return (limit if start is None else min(limit, start)) // page_size * page_size
+
+    def first_leaving_start(self) -> int | None:
+        """Row slot where the first span that may still leave the row starts (decided and
+        not applied, held back, or the open block's); None when no span may leave."""
+        starts = ([self._due[0].start] if self._due else []) + self.tracker.pending_span_starts()
+        return min((self.map.to_physical(s) for s in starts), default=None)
 
     def prospective_key(self) -> array:
         """For a request without KV: its key with every decided span already gone."""

@@ -271,11 +271,8 @@ class BlockTracker:
         """Ends of spans that may still leave the cache: closed blocks held back
         (`keep_last_n_blocks`, `keep_last_block_for_answer`) and a block whose memento
         is not closed yet. KV after such an end may still change meaning."""
-        blocks = [*self._pending, *([self._deferred] if self._deferred is not None else [])]
-        ends = [self._span(b.block_start, b.block_end)[1] for b in blocks]
-        cfg = self._cfg
-        evicts = cfg.compact_on_summary_end and cfg.keep_last_n_blocks >= 0
-        if evicts and self._phase in (Phase.AWAIT_SUMMARY, Phase.IN_SUMMARY):
+        ends = [self._span(b.block_start, b.block_end)[1] for b in self._held_blocks()]
+        if self._evicts() and self._phase in (Phase.AWAIT_SUMMARY, Phase.IN_SUMMARY):
             ends.append(self._span(self._block_start, self._block_end)[1])
         return ends
 
@@ -283,13 +280,18 @@ class BlockTracker:
         """Starts of spans that may still leave the cache: those of `pending_span_ends`,
         and the open block's (its end is not known yet). With paged KV the prefix tree
         stops before the page of the first of them."""
-        blocks = [*self._pending, *([self._deferred] if self._deferred is not None else [])]
-        starts = [self._span(b.block_start, b.block_end)[0] for b in blocks]
-        cfg = self._cfg
-        evicts = cfg.compact_on_summary_end and cfg.keep_last_n_blocks >= 0
-        if evicts and self._phase in (Phase.IN_BLOCK, Phase.AWAIT_SUMMARY, Phase.IN_SUMMARY):
+        starts = [self._span(b.block_start, b.block_end)[0] for b in self._held_blocks()]
+        if self._evicts() and self._phase in (Phase.IN_BLOCK, Phase.AWAIT_SUMMARY, Phase.IN_SUMMARY):
             starts.append(self._span(self._block_start, self._block_start)[0])
         return starts
+
+    def _held_blocks(self) -> list[ClosedBlock]:
+        """Closed blocks still in the cache that may leave it later."""
+        return [*self._pending, *([self._deferred] if self._deferred is not None else [])]
+
+    def _evicts(self) -> bool:
+        """Whether the block being written will leave the cache once its memento closes."""
+        return self._cfg.compact_on_summary_end and self._cfg.keep_last_n_blocks >= 0
 
     def _span(self, block_start: int, block_end: int) -> tuple[int, int]:
         """The logical `[start, end)` a closed block leaves, per the delimiter policy."""

@@ -22,7 +22,7 @@ import torch
 from memento_sglang.kernels.row_compaction import shift_row_left
 from memento_sglang.sequence import MementoSequence
 from memento_sglang.sglang_plugin import runtime
-from memento_sglang.sglang_plugin.paged_compaction import PagedRow, compact_paged_rows
+from memento_sglang.sglang_plugin.paged_compaction import PagedRow, compact_paged_rows, tree_holds_span_page
 from memento_sglang.sglang_plugin.request_state import sequence_of, synced
 from memento_sglang.tracker import Eviction
 
@@ -154,7 +154,7 @@ def _compact_paged(owners: _Owners, rows: list[_DueRow]) -> list[int]:
     kept: list[_DueRow] = []
     for row in rows:
         start = row.seq.map.to_physical(row.due[0].start)
-        if row.req.kv.cache_protected_len > start // page * page:
+        if tree_holds_span_page(row.req.kv.cache_protected_len, start, page):
             _abort_uncompactable(row.req, start)
         else:
             kept.append(row)

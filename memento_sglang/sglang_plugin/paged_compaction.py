@@ -64,13 +64,18 @@ def compact_paged_rows(
     return plans
 
 
+def tree_holds_span_page(protected: int, span_start: int, page_size: int) -> bool:
+    """Whether the prefix tree (owning the row's first `protected` slots) holds the page
+    where a span starts: such a row cannot be compacted (the tree's pages are shared)."""
+    return protected > span_start // page_size * page_size
+
+
 def _check_tree_pages_untouched(row: PagedRow, page_size: int) -> None:
-    first_page_start = row.spans[0][0] // page_size * page_size
-    if row.protected > first_page_start:
+    if tree_holds_span_page(row.protected, row.spans[0][0], page_size):
         raise RuntimeError(
             f"paged compaction: the prefix tree owns {row.protected} slots of a row whose span "
-            f"starts at {row.spans[0][0]} (page start {first_page_start}); the tree's pages "
-            "must end before the page of any block that may leave"
+            f"starts at {row.spans[0][0]}; the tree's pages must end before the page of any "
+            "block that may leave"
         )
 
 
@@ -99,7 +104,7 @@ def _move_kv(kv_pool: Any, plans: Sequence[PagedCompaction]) -> None:
         return
     src = torch.cat([plan.copy_src for plan in moving])
     dst = torch.cat([plan.copy_dst for plan in moving])
-    buffers = kv_buffers(kv_pool)
+    buffers = _slot_buffers(kv_pool)  # the pool passed `pool_unsupported_reason` at startup
     if buffers[0].is_cuda:
         # The forward in flight (overlap scheduling) reads the block's KV and writes the
         # newest token's, which may be a survivor to move: wait for it on copy steps only.

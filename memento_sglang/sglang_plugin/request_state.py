@@ -140,10 +140,8 @@ def cap_prefix_match(req: Req, max_prefix_len: int) -> int:
     first = seq.first_due_trigger
     limit = max_prefix_len if first is None else min(max_prefix_len, first + 1)
     page = runtime.current().page_size
-    starts = [ev.start for ev in seq.due_evictions()[:1]] + seq.tracker.pending_span_starts()
-    if page == 1 or not starts:
-        return limit
-    return min(limit, min(seq.map.to_physical(s) for s in starts) // page * page)
+    start = seq.first_leaving_start()
+    return limit if page == 1 or start is None else min(limit, start // page * page)
 
 
 def physical_fill_ids(req: Req) -> bool:

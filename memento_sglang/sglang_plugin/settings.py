@@ -74,9 +74,7 @@ def masking_backend_choice(raw_config: str | None, backends: dict[str, str | Non
         return {}
     on_gpu = device in (None, "cuda") and gpu_available()
     if forced_prefill is None and on_gpu:
-        import torch
-
-        if torch.version.hip:  # ROCm's decode default (aiter) with Memento is untested: Triton for both
+        if _is_hip():  # ROCm's decode default (aiter) with Memento is untested: Triton for both
             return {"attention_backend" if prefill is None else "prefill_attention_backend": "triton"}
         return {"prefill_attention_backend": GPU_DEFAULT_BACKEND}
     if prefill is None:
